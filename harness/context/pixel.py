@@ -1,0 +1,111 @@
+"""PixelContext: the numbers-only, model-ready context of an image-generation request."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from _fast.tokens import TokenBuffer
+
+from .outputs import GenerationOutput, ImageContent, check_output_format
+from .status import GenerationStatus
+from .text import new_request_id
+
+__all__ = ["PixelContext"]
+
+
+def _f32() -> np.ndarray:
+    return np.zeros(0, dtype=np.float32)
+
+
+def _i64() -> np.ndarray:
+    return np.zeros(0, dtype=np.int64)
+
+
+@dataclass(kw_only=True, eq=False)
+class PixelContext:
+    """Everything the denoise loop needs, prepared by ``PixelGenerationTokenizer.new_context()``.
+
+    Prompts are consumed by the tokenizer; only tokens, masks, schedules, noise, ids and
+    preprocessed images live here. ``extra_model_args`` carries family-specific arrays (e.g. the
+    noise of the img2img VAE sample) under documented names.
+    """
+
+    tokens: TokenBuffer
+    request_id: str = field(default_factory=new_request_id)
+    model_name: str = ""
+    mask: np.ndarray | None = None
+    tokens_2: TokenBuffer | None = None
+    negative_tokens: TokenBuffer | None = None
+    negative_mask: np.ndarray | None = None
+    negative_tokens_2: TokenBuffer | None = None
+    explicit_negative_prompt: bool = False
+    timesteps: np.ndarray = field(default_factory=_f32)
+    sigmas: np.ndarray = field(default_factory=_f32)
+    latents: np.ndarray = field(default_factory=_f32)
+    latent_image_ids: np.ndarray = field(default_factory=_f32)
+    text_ids: np.ndarray = field(default_factory=_i64)
+    negative_text_ids: np.ndarray = field(default_factory=_i64)
+    height: int = 1024
+    width: int = 1024
+    num_inference_steps: int = 50
+    guidance_scale: float = 3.5
+    true_cfg_scale: float = 1.0
+    strength: float = 0.6
+    cfg_normalization: bool = False
+    cfg_truncation: float = 1.0
+    num_warmup_steps: int = 0
+    num_images_per_prompt: int = 1
+    input_image: np.ndarray | None = None
+    input_images: list[np.ndarray] | None = None
+    prompt_images: list[np.ndarray] | None = None
+    vae_condition_images: list[np.ndarray] | None = None
+    output_format: str = "jpeg"
+    residual_threshold: float | None = None
+    status: GenerationStatus = GenerationStatus.ACTIVE
+    extra_model_args: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.tokens, TokenBuffer):
+            raise TypeError(f"tokens must be a TokenBuffer, got {type(self.tokens).__name__}")
+        self.status = GenerationStatus(self.status)
+        self.output_format = check_output_format(self.output_format)
+        if self.residual_threshold is not None and not self.residual_threshold > 0:
+            raise ValueError(
+                f"residual_threshold must be > 0 when given, got {self.residual_threshold!r}")
+
+    @property
+    def is_done(self) -> bool:
+        return self.status.is_done
+
+    def compute_num_available_steps(self, max_seq_len: int) -> int:
+        """Scheduler compatibility: an image request always needs its inference steps."""
+        return self.num_inference_steps
+
+    def update(self, latents: np.ndarray) -> None:
+        """Replace the latents (or, at the end, the decoded image)."""
+        self.latents = latents
+
+    def reset(self) -> None:
+        self.status = GenerationStatus.ACTIVE
+
+    def to_generation_output(self) -> GenerationOutput:
+        """Encode the HxW / HxWxC image (or NxHxWxC batch) held in ``latents``."""
+        arr = np.asarray(self.latents)
+        if arr.size == 0:
+            raise ValueError("to_generation_output() needs an image in latents, but they are empty")
+        if arr.ndim == 4:
+            images = list(arr)
+        elif arr.ndim in (2, 3):
+            images = [arr]
+        else:
+            raise ValueError(
+                f"to_generation_output() needs an HxW, HxWxC or NxHxWxC image in latents, got "
+                f"shape {arr.shape}")
+        out = []
+        for im in images:
+            if im.dtype != np.uint8:
+                im = np.clip(np.nan_to_num(im.astype(np.float64)), 0, 255).astype(np.uint8)
+            out.append(ImageContent.from_array(im, self.output_format))
+        return GenerationOutput(request_id=self.request_id, final_status=self.status, output=out)
