@@ -476,42 +476,6 @@ cdef inline Py_ssize_t _containing(const int64_t* starts, const int64_t* ends, P
     return -1
 
 
-def image_idx(const int64_t[::1] ends, Py_ssize_t processed_length):
-    """Index of the first image with ``processed_length < end`` (len(ends) if none)."""
-    return _bisect_right(&ends[0], ends.shape[0], processed_length) if ends.shape[0] else 0
-
-
-def aligned_index(const int64_t[::1] starts, const int64_t[::1] ends, Py_ssize_t idx):
-    """Snap ``idx`` down to the start of the image that contains it; others unchanged."""
-    if starts.shape[0] == 0:
-        return idx
-    cdef Py_ssize_t i = _containing(&starts[0], &ends[0], starts.shape[0], idx)
-    return starts[i] if i >= 0 else idx
-
-
-def bisected_image(const int64_t[::1] starts, const int64_t[::1] ends, Py_ssize_t position):
-    """Index of the image with ``start < position < end`` (strictly inside), or -1."""
-    if starts.shape[0] == 0:
-        return -1
-    cdef Py_ssize_t i = _containing(&starts[0], &ends[0], starts.shape[0], position)
-    if i >= 0 and starts[i] < position:
-        return i
-    return -1
-
-
-def window_images(const int64_t[::1] starts, const int64_t[::1] ends, Py_ssize_t lo,
-                  Py_ssize_t hi):
-    """``(first, stop)`` indices of the images overlapping ``[lo, hi)``, skipping finished ones."""
-    cdef Py_ssize_t n = starts.shape[0]
-    if n == 0:
-        return (0, 0)
-    cdef Py_ssize_t first = _bisect_right(&ends[0], n, lo)
-    cdef Py_ssize_t stop = first
-    while stop < n and starts[stop] < hi:
-        stop += 1
-    return (first, stop)
-
-
 # ---------------------------------------------------------------------------------------------
 # The text-context core: the whole update() path in compiled code
 # ---------------------------------------------------------------------------------------------
