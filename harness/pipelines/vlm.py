@@ -1,0 +1,215 @@
+"""The VLM loop: chunk planner, encoder cache, chunked prefill and decode over an HF model.
+
+The context drives everything: ``tokens.chunk(n)`` / ``update()`` move the window, the status
+says when to stop. The family object (``models.vlm_common.VLMFamily``) answers every
+model-specific question, so there is no family branch here.
+"""
+from __future__ import annotations
+
+import bisect
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from harness.context import GenerationStatus, TextAndVisionContext
+from harness.errors import RequestError
+
+__all__ = ["plan_chunk_length", "EncoderCache", "VLMResult", "VLMPipeline", "sample_token"]
+
+
+def plan_chunk_length(ctx: TextAndVisionContext, chunk_size: int | None,
+                      bidirectional: bool) -> int:
+    """Length of the next prefill chunk: ``chunk_size`` capped by what is left; for models with
+    bidirectional image attention the end snaps down to an image start (or, if that leaves
+    nothing, to the end of the image the chunk starts with)."""
+    active = ctx.tokens.active_length
+    if chunk_size is None or chunk_size >= active:
+        return active
+    start = ctx.tokens.processed_length
+    end = start + chunk_size
+    if bidirectional:
+        aligned = ctx.compute_image_aligned_idx(end)
+        if aligned > start:
+            end = aligned
+        elif aligned != end:  # the chunk starts at this image: take all of it
+            images = ctx.images
+            i = bisect.bisect_right([im.start_idx for im in images], aligned) - 1
+            end = images[i].end_idx
+    return min(end - start, active)
+
+
+class EncoderCache:
+    """Encoder rows per image of one request: the vision tower runs once per image."""
+
+    def __init__(self, family) -> None:
+        self.family = family
+        self.rows: dict[int, Any] = {}
+        self.calls = 0
+
+    def get(self, index: int, image) -> Any:
+        rows = self.rows.get(index)
+        if rows is None:
+            rows = self.family.encode(image)
+            self.calls += 1
+            if rows.shape[0] != image.num_embeddings:
+                raise RequestError(
+                    f"image {index} {image!r}: the vision encoder returned {rows.shape[0]} rows "
+                    f"but the prompt has {image.num_embeddings} placeholders for it")
+            self.rows[index] = rows
+        return rows
+
+
+@dataclass
+class VLMResult:
+    """What one request produced, with the numbers the CLI and parity report need."""
+
+    tokens: list[int]
+    final_status: GenerationStatus
+    logits: list[Any] = field(default_factory=list)
+    chunks: list[tuple[int, int]] = field(default_factory=list)
+    chunks_inside_image: int = 0
+    encoder_calls: int = 0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    stop_string: str | None = None
+
+
+def sample_token(logits, params, generator) -> int:
+    """Greedy argmax, or temperature / top-k / top-p sampling with a seeded generator."""
+    import torch
+
+    if params.is_greedy:
+        return int(torch.argmax(logits))
+    scores = logits.float() / params.temperature
+    if params.top_k > 0:
+        kth = torch.topk(scores, min(params.top_k, scores.shape[-1])).values[-1]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if params.top_p < 1.0:
+        sorted_scores, order = torch.sort(scores, descending=True)
+        cum = torch.softmax(sorted_scores, dim=-1).cumsum(-1)
+        drop = cum - torch.softmax(sorted_scores, dim=-1) >= params.top_p  # keep the first past p
+        scores = scores.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+class VLMPipeline:
+    """Chunked prefill + decode of one request at a time over a loaded ``VLMFamily``."""
+
+    def __init__(self, family) -> None:
+        self.family = family
+        self.model = family.model
+        self.embed = family.model.get_input_embeddings()
+
+    def _new_cache(self):
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.model.config)
+
+    def _image_layout(self, ctx) -> list[np.ndarray]:
+        """Absolute positions that receive encoder rows, per image (row k → positions[k])."""
+        out = []
+        for im in ctx.images:
+            rel = (np.arange(im.num_tokens) if im.embedding_positions is None
+                   else im.embedding_positions)
+            out.append(rel.astype(np.int64) + im.start_idx)
+        return out
+
+    def _chunk_embeds(self, ctx, cache: EncoderCache, layout, start: int, end: int):
+        import torch
+
+        ids = torch.from_numpy(np.array(ctx.tokens.active, dtype=np.int64))[None]
+        embeds = self.embed(ids.to(self.model.device))
+        first = ctx.image_idx
+        for j, im in enumerate(ctx.next_images_in_window):
+            pos = layout[first + j]
+            lo, hi = np.searchsorted(pos, start), np.searchsorted(pos, end)
+            if hi > lo:
+                rows = cache.get(first + j, im)[lo:hi]
+                embeds[0, torch.from_numpy(pos[lo:hi] - start)] = rows.to(embeds.dtype)
+        return embeds
+
+    def prefill(self, ctx, kv, cache: EncoderCache, chunk_size: int | None,
+                result: VLMResult):
+        """Run every prefill chunk; return the logits after the last prompt token."""
+        fam = self.family
+        positions = fam.prompt_positions(ctx)
+        layout = self._image_layout(ctx)
+        while True:
+            n = plan_chunk_length(ctx, chunk_size, fam.bidirectional_images)
+            if n < ctx.tokens.active_length:
+                ctx.tokens.chunk(n)
+            start = ctx.tokens.processed_length
+            end = start + n
+            inside = ctx.compute_image_aligned_idx(end) != end
+            embeds = self._chunk_embeds(ctx, cache, layout, start, end)
+            out = self.model(inputs_embeds=embeds, position_ids=positions[..., start:end],
+                             past_key_values=kv, use_cache=True, logits_to_keep=1,
+                             **fam.chunk_kwargs(ctx, start, end))
+            result.chunks.append((start, end))
+            result.chunks_inside_image += int(inside)
+            if not ctx.tokens.actively_chunked:
+                return out.logits[0, -1], fam.position_state(positions)
+            ctx.update(0)  # chunked: the context advances the window and drops the token
+
+    def generate(self, ctx: TextAndVisionContext, *, chunk_size: int | None = None,
+                 keep_logits: bool = False,
+                 on_output: Callable[[Any], None] | None = None) -> VLMResult:
+        """Prefill in chunks, then decode until the context says done."""
+        import torch
+
+        if chunk_size is not None and chunk_size < 1:
+            raise RequestError(f"chunk size must be >= 1, got {chunk_size}")
+        params = ctx.sampling_params
+        greedy = params.is_greedy
+        gen = None
+        if not greedy:
+            gen = torch.Generator().manual_seed(params.seed if params.seed is not None else 0)
+        result = VLMResult(tokens=[], final_status=ctx.status)
+        encoder = EncoderCache(self.family)
+        tracker = ctx.eos_tracker
+        check_strings = bool(tracker.eos_stop_strings)
+        decode_text = self.family.tokenizer.decode
+        model = self.model
+        first = ctx.tokens.prompt_length
+        with torch.inference_mode():
+            kv = self._new_cache()
+            t0 = time.perf_counter()
+            logits, pos_state = self.prefill(ctx, kv, encoder, chunk_size, result)
+            result.prefill_s = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            # Everything a decode step needs is prepared once: the step reads one column.
+            positions = self.family.decode_positions(first, max(ctx.max_length, first + 1),
+                                                     pos_state).to(model.device)
+            step_ids = torch.empty((1, 1), dtype=torch.long, device=model.device)
+            tokens = result.tokens
+            shown = ""
+            while True:
+                if keep_logits:
+                    result.logits.append(logits.detach().clone())
+                token = int(logits.argmax()) if greedy else sample_token(logits, params, gen)
+                ctx.update(token)
+                if check_strings and not ctx.is_done:
+                    text = decode_text(ctx.tokens.generated.tolist())
+                    hit = tracker.is_eos_from_string(text[len(shown):])
+                    shown = text
+                    if hit is not None:
+                        result.stop_string = hit
+                        ctx.status = GenerationStatus.END_OF_SEQUENCE
+                out = ctx.to_generation_output()
+                tokens += out.tokens
+                if on_output is not None:
+                    on_output(out)
+                if ctx.is_done:
+                    break
+                step_ids.fill_(token)
+                col = ctx.tokens.current_position - 1 - first
+                logits = model(input_ids=step_ids, past_key_values=kv, use_cache=True,
+                               position_ids=positions[..., col:col + 1],
+                               logits_to_keep=1).logits[0, -1]
+            result.decode_s = time.perf_counter() - t1
+        result.final_status = ctx.status
+        result.encoder_calls = encoder.calls
+        return result

@@ -1,0 +1,197 @@
+"""``python -m harness.generate`` for text-modality (VLM) models: validate, run, report.
+
+``run(args, resolved, output_dir)`` prints the generated text, writes parity.json/parity.md when
+asked, and returns the dict the CLI writes as result.json.
+"""
+from __future__ import annotations
+
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from harness.errors import RequestError
+
+__all__ = ["run", "validate_args", "DEFAULT_MAX_NEW_TOKENS"]
+
+DEFAULT_MAX_NEW_TOKENS = 16
+_DTYPES = ("float32", "bfloat16", "float16")
+# Image-only flags whose CLI default is None: setting one for a VLM is a mistake.
+_IMAGE_ONLY = ("negative_prompt", "height", "width", "steps", "guidance_scale")
+
+
+def _opt(args, name: str, default: Any = None) -> Any:
+    value = getattr(args, name, default)
+    return default if value is None else value
+
+
+def _check_readable_image(path: str) -> None:
+    """Fail fast (before loading any model) on a file Pillow cannot identify."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise RequestError(f"cannot read image {path!r}: {exc}") from None
+
+
+def validate_args(args) -> dict:
+    """Check the text-generation flags; return the normalised options (RequestError if bad)."""
+    prompt = getattr(args, "prompt", None)
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise RequestError("--prompt must be a non-empty string")
+    images = list(getattr(args, "image", None) or [])
+    for path in images:
+        if not os.path.isfile(path):
+            raise RequestError(f"--image {path!r}: no such file")
+        _check_readable_image(path)
+    max_new = _opt(args, "max_new_tokens", DEFAULT_MAX_NEW_TOKENS)
+    if isinstance(max_new, bool) or not isinstance(max_new, int) or max_new < 1:
+        raise RequestError(f"--max-new-tokens must be an integer >= 1, got {max_new!r}")
+    chunk = getattr(args, "chunk_size", None)
+    if chunk is not None and (not isinstance(chunk, int) or chunk < 1):
+        raise RequestError(f"--chunk-size must be an integer >= 1, got {chunk!r}")
+    temperature = float(_opt(args, "temperature", 0.0))
+    if math.isnan(temperature) or temperature < 0:
+        raise RequestError(f"--temperature must be >= 0, got {temperature}")
+    top_k = _opt(args, "top_k", 0)
+    if not isinstance(top_k, int) or top_k < 0:
+        raise RequestError(f"--top-k must be an integer >= 0 (0 = off), got {top_k!r}")
+    top_p = float(_opt(args, "top_p", 1.0))
+    if not 0.0 < top_p <= 1.0:
+        raise RequestError(f"--top-p must be in (0, 1], got {top_p}")
+    seed = getattr(args, "seed", None)
+    if seed is not None and (not isinstance(seed, int) or seed < 0):
+        raise RequestError(f"--seed must be an integer >= 0, got {seed!r}")
+    greedy = temperature == 0 or top_k == 1
+    if not greedy and seed is None:
+        seed = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
+    for flag in _IMAGE_ONLY:
+        if getattr(args, flag, None) is not None:
+            raise RequestError(f"--{flag.replace('_', '-')} is an image-generation flag; this is "
+                               f"a text (VLM) model")
+    dtype = _opt(args, "dtype", "float32")
+    if dtype not in _DTYPES:
+        raise RequestError(f"--dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+    device = str(_opt(args, "device", "cpu"))
+    if device.split(":")[0] not in ("cpu", "cuda"):
+        raise RequestError(f"--device must be cpu or cuda, got {device!r}")
+    return {"prompt": prompt, "images": images, "max_new_tokens": max_new, "chunk_size": chunk,
+            "temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed,
+            "greedy": greedy, "dtype": dtype, "device": device,
+            "parity": bool(getattr(args, "parity", False)),
+            "quiet": bool(getattr(args, "quiet", False))}
+
+
+def _versions() -> dict:
+    import numpy
+    import torch
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "numpy": numpy.__version__,
+            "torch_threads": torch.get_num_threads()}
+
+
+def _parity(family, tokenizer, request, opts: dict, ours, output_dir: Path) -> dict:
+    """Greedy harness run vs generate() and generate(prefill_chunk_size=k); write the report."""
+    from dataclasses import replace
+
+    from harness.parity.vlm import (fixed_split_cuts, parity_report, reference_generate,
+                                    write_report)
+    from harness.pipelines.vlm import VLMPipeline
+
+    greedy_req = replace(request, temperature=0.0, ignore_eos=False)
+    ctx = tokenizer.new_context(greedy_req)
+    prompt_len = len(ctx.tokens)
+    if not opts["greedy"] or not ours.logits:
+        ours = VLMPipeline(family).generate(ctx, chunk_size=opts["chunk_size"], keep_logits=True)
+    n = max(1, len(ours.tokens))
+    k = opts["chunk_size"] or prompt_len
+    refs = {"generate": reference_generate(family, tokenizer.new_context(greedy_req), n),
+            "generate_chunked": reference_generate(family, tokenizer.new_context(greedy_req), n,
+                                                   prefill_chunk_size=k)}
+    excluded = {}
+    cuts = fixed_split_cuts(ctx, k)
+    if family.bidirectional_images and cuts:
+        excluded["generate_chunked"] = (
+            f"transformers' prefill_chunk_size={k} ends {cuts} chunk(s) inside images of a model "
+            f"with bidirectional image attention, which changes the result; the harness planner "
+            f"aligns chunks to image edges instead")
+    report = parity_report(
+        family_name=family.family, request={**_request_dict(opts), "greedy": True},
+        ours=ours, ours_logits=ours.logits, refs=refs, num_images=len(opts["images"]),
+        chunk_size=opts["chunk_size"], excluded=excluded)
+    report["reference"]["generate_chunked"]["chunks_inside_image"] = cuts
+    write_report(report, output_dir)
+    return report
+
+
+def _request_dict(opts: dict) -> dict:
+    keys = ("prompt", "images", "max_new_tokens", "chunk_size", "temperature", "top_k", "top_p",
+            "seed")
+    return {k: opts[k] for k in keys}
+
+
+def run(args, resolved, output_dir: Path) -> dict:
+    """Serve one text-generation request with a VLM family; return the result.json payload."""
+    opts = validate_args(args)
+    from models.vlm_common import offline_env
+
+    offline_env()
+    from harness.pipelines.vlm import VLMPipeline
+    from harness.tokenizers.text_vision import TextAndVisionTokenizer, TextGenerationRequest
+
+    say = (lambda *a: None) if opts["quiet"] else (lambda *a: print(*a, file=sys.stderr))
+    t0 = time.perf_counter()
+    if opts["device"].startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RequestError("--device cuda was asked for, but torch sees no CUDA device")
+    family = resolved.family.load(resolved.path, device=opts["device"], dtype=opts["dtype"])
+    load_s = time.perf_counter() - t0
+    tokenizer = TextAndVisionTokenizer(family)
+    request = TextGenerationRequest(
+        prompt=opts["prompt"], images=opts["images"], max_new_tokens=opts["max_new_tokens"],
+        temperature=opts["temperature"], top_k=opts["top_k"], top_p=opts["top_p"],
+        seed=opts["seed"])
+    ctx = tokenizer.new_context(request)
+    prompt_ids = ctx.tokens.prompt.tolist()
+    if not opts["greedy"]:
+        say(f"seed: {opts['seed']}")
+    say(f"model {resolved.name} ({family.family}), prompt {len(prompt_ids)} tokens, "
+        f"{len(ctx.images)} image(s), chunk size {opts['chunk_size'] or 'whole prompt'}")
+    result = VLMPipeline(family).generate(ctx, chunk_size=opts["chunk_size"],
+                                          keep_logits=opts["parity"] and opts["greedy"])
+    text = family.tokenizer.decode(result.tokens, skip_special_tokens=True)
+    print(text, flush=True)
+    total = time.perf_counter() - t0
+    n = len(result.tokens)
+    payload = {
+        "request": _request_dict(opts),
+        "model": {"name": resolved.name, "family": family.family, "folder": str(resolved.path)},
+        "prompt_token_ids": prompt_ids,
+        "token_ids": result.tokens,
+        "text": text,
+        "final_status": result.final_status.value,
+        "chunks": {"count": len(result.chunks), "inside_image": result.chunks_inside_image},
+        "encoder_calls": result.encoder_calls,
+        "timings": {"load": load_s, "prefill": result.prefill_s, "decode": result.decode_s,
+                    "total": total, "per_token": result.decode_s / max(1, n - 1)},
+        "versions": _versions(),
+    }
+    if opts["parity"]:
+        report = _parity(family, tokenizer, request, opts, result, Path(output_dir))
+        payload["parity"] = {k: report[k] for k in ("verdict", "tokens_equal",
+                                                     "max_abs_logit_diff",
+                                                     "first_divergent_token")}
+        say(f"parity: {report['verdict']} (tokens equal {report['tokens_equal']}, max |Δlogit| "
+            f"{report['max_abs_logit_diff']:.3g}); wrote {Path(output_dir) / 'parity.json'}")
+    say(f"load {load_s:.2f}s  prefill {result.prefill_s:.3f}s  decode {result.decode_s:.3f}s  "
+        f"({n} tokens)  total {total:.2f}s")
+    return payload
