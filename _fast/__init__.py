@@ -14,6 +14,19 @@ _KERNELS = {
     "empirical_mu": "schedules",
     "trim_for_strength": "schedules",
     "euler_step": "schedules",
+    "patchify_latents": "layouts",
+    "unpatchify_latents": "layouts",
+    "flux2_pack": "layouts",
+    "scatter_by_ids": "layouts",
+    "qwen_pack_latents": "layouts",
+    "qwen_unpack_latents": "layouts",
+    "flux2_image_ids": "ids_nd",
+    "flux2_reference_ids": "ids_nd",
+    "flux2_text_ids": "ids_nd",
+    "qwen_image_ids": "ids_nd",
+    "qwen_text_ids": "ids_nd",
+    "torch_linspace_f32": "schedules_torch_compat",
+    "z_image_sigmas": "schedules_torch_compat",
 }
 
 __all__ = sorted(_KERNELS) + ["tokens"]
