@@ -1,0 +1,309 @@
+"""``python -m harness.generate``: one request through the harness, images or text, plus a report.
+
+Bad input exits with code 2 and one ``error: ...`` line, leaving no output file behind. Heavy
+modules (torch, diffusers, transformers) are imported only on the run path, never for ``--help``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import secrets
+import shutil
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Sequence
+
+from harness.errors import RequestError
+
+__all__ = ["main", "build_parser"]
+
+_IMAGE_DTYPES = ("float32", "bfloat16")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as one ``error: ...`` line (exit code 2), no usage dump."""
+
+    def error(self, message: str):  # noqa: D401 - argparse hook
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m harness.generate",
+                description="Generate images (FLUX.1 and other diffusion families) or text (VLMs) "
+                            "with the harness; optionally compare against the reference pipeline.")
+    p.add_argument("--prompt", required=True, help="the prompt")
+    p.add_argument("--model", default=None,
+                   help="tiny model name (default tiny-flux1), a local diffusers/transformers "
+                        "folder, or an offline Hugging Face cache id")
+    p.add_argument("--model-cache", default=None, metavar="DIR",
+                   help="where tiny models are built (default $HARNESS_MODEL_CACHE or ~/.cache)")
+    img = p.add_argument_group("image generation")
+    img.add_argument("--negative-prompt", default=None)
+    img.add_argument("--height", type=int, default=None, help="pixels (model default if omitted)")
+    img.add_argument("--width", type=int, default=None, help="pixels (model default if omitted)")
+    img.add_argument("--steps", type=int, default=None, help="denoising steps")
+    img.add_argument("--guidance-scale", type=float, default=None)
+    img.add_argument("--true-cfg-scale", type=float, default=1.0,
+                     help="> 1 with --negative-prompt runs true classifier-free guidance")
+    img.add_argument("--num-images", type=int, default=1, help="images per prompt")
+    img.add_argument("--strength", type=float, default=0.6, help="img2img strength in (0, 1]")
+    img.add_argument("--format", default="png", help="png, jpeg or webp")
+    img.add_argument("--noise", default="torch", help="torch (diffusers' noise) or numpy (MAX's)")
+    img.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up call")
+    txt = p.add_argument_group("text generation (VLMs)")
+    txt.add_argument("--max-new-tokens", type=int, default=None)
+    txt.add_argument("--chunk-size", type=int, default=None, help="prefill chunk size")
+    txt.add_argument("--temperature", type=float, default=None)
+    txt.add_argument("--top-k", type=int, default=None)
+    txt.add_argument("--top-p", type=float, default=None)
+    common = p.add_argument_group("common")
+    common.add_argument("--image", action="append", default=None, metavar="PATH",
+                        help="input image (img2img for image models; repeatable for VLMs)")
+    common.add_argument("--seed", type=int, default=None, help="random seed (printed if omitted)")
+    common.add_argument("--device", default="cpu", help="cpu or cuda")
+    common.add_argument("--dtype", default="float32", help="float32 or bfloat16")
+    common.add_argument("--output-dir", default=None, metavar="DIR",
+                        help="where files go (default ./outputs/<timestamp>)")
+    common.add_argument("--parity", action="store_true",
+                        help="also run the reference pipeline and write parity.json / parity.md")
+    common.add_argument("--quiet", action="store_true", help="no progress bar, one summary line")
+    return p
+
+
+# --------------------------------------------------------------------------------------------------
+# output directory bookkeeping
+
+
+class _Outputs:
+    """Tracks what this run added to the output folder so a failure can take it all back."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.created = not path.exists()
+        self.before = set(os.listdir(path)) if path.is_dir() else set()
+
+    def open(self) -> Path:
+        self.path.mkdir(parents=True, exist_ok=True)
+        return self.path
+
+    def rollback(self) -> None:
+        if not self.path.is_dir():
+            return
+        for name in set(os.listdir(self.path)) - self.before:
+            target = self.path / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target, ignore_errors=True)
+            else:
+                target.unlink(missing_ok=True)
+        if self.created:
+            try:
+                self.path.rmdir()
+            except OSError:
+                pass
+
+
+def _default_output_dir() -> Path:
+    base = Path("outputs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    path, i = base, 1
+    while path.exists():
+        path, i = base.with_name(f"{base.name}-{i}"), i + 1
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# the image path
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    kind = device.split(":")[0]
+    if kind not in ("cpu", "cuda"):
+        raise RequestError(f"--device must be cpu or cuda, got {device!r}")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise RequestError("--device cuda was asked for, but torch sees no CUDA device")
+
+
+def _image_request(args, rules, seed: int):
+    from harness.tokenizers.pixel import PixelGenerationRequest
+
+    images = args.image or []
+    if len(images) > rules.max_input_images:
+        raise RequestError(f"this model takes at most {rules.max_input_images} --image "
+                           f"(img2img), got {len(images)}")
+    for name in ("max_new_tokens", "chunk_size", "temperature", "top_k", "top_p"):
+        if getattr(args, name) is not None:
+            raise RequestError(f"--{name.replace('_', '-')} is a text-generation flag; this is "
+                               f"an image model")
+    return PixelGenerationRequest(
+        prompt=args.prompt, negative_prompt=args.negative_prompt, height=args.height,
+        width=args.width, num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
+        true_cfg_scale=args.true_cfg_scale, seed=seed, num_images_per_prompt=args.num_images,
+        input_image=images[0] if images else None, strength=args.strength,
+        output_format=args.format, noise=args.noise)
+
+
+def _versions() -> dict:
+    from harness.parity.report import environment
+
+    return environment()
+
+
+def _run_image(args, resolved, outputs: _Outputs, say) -> dict:
+    from harness.tokenizers.pixel import PixelGenerationTokenizer
+
+    if args.dtype not in _IMAGE_DTYPES:
+        raise RequestError(f"--dtype must be one of {', '.join(_IMAGE_DTYPES)}, got {args.dtype!r}")
+    t_start = time.perf_counter()
+    try:
+        tokenizer = PixelGenerationTokenizer(resolved, dtype=args.dtype)
+    except ValueError as exc:  # an incomplete or unsupported model folder
+        raise RequestError(f"cannot use model {resolved.name!r}: {exc}") from None
+    rules = tokenizer.rules
+    seed = args.seed if args.seed is not None else secrets.randbelow(2 ** 31)
+    request = _image_request(args, rules, seed)
+    t0 = time.perf_counter()
+    ctx = tokenizer.new_context(request)
+    new_context_s = time.perf_counter() - t0
+    _check_device(args.device)
+
+    fam = resolved.family
+    say(f"model {resolved.name} ({fam.FAMILY}) from {resolved.path}")
+    say(f"seed {seed}" + ("" if args.seed is not None else " (picked; pass --seed to repeat)"))
+    mu = ctx.extra_model_args.get("mu")
+    say(f"schedule: {len(ctx.timesteps)} of {ctx.num_inference_steps} steps, "
+        f"mu {'none (static shift)' if mu is None else f'{mu:.4f}'}, "
+        f"sigma {float(ctx.sigmas[0]):.6g} -> {float(ctx.sigmas[-2]):.6g}")
+
+    denoiser_mod = importlib.import_module(fam.PIPELINE)
+    denoiser = denoiser_mod.Denoiser.from_folder(
+        resolved.path, rules, device=args.device, dtype=args.dtype, progress=not args.quiet)
+    warmup_s = 0.0 if args.no_warmup else denoiser.warm_up(ctx)
+    result = denoiser(ctx, record_steps=args.parity)
+
+    from harness.context import ImageContent
+    from harness.parity.report import atomic_write_bytes
+
+    out_dir = outputs.open()
+    files = []
+    for i, im in enumerate(result.images):
+        content = ImageContent.from_array(im, ctx.output_format)
+        path = atomic_write_bytes(out_dir / f"image_{i}.{ctx.output_format}", content.data)
+        files.append(path.name)
+        say(f"wrote {path}")
+
+    steps = result.timings["steps_s"]
+    timings = {
+        "load_s": denoiser.load_s, "warmup_s": warmup_s, "new_context_s": new_context_s,
+        "prepare_s": result.timings["prepare_s"], "steps_s": steps,
+        "per_step_s": sum(steps) / len(steps) if steps else 0.0,
+        "decode_s": result.timings["decode_s"], "generate_s": result.timings["total_s"],
+    }
+    payload: dict[str, Any] = {
+        "request": _request_options(request),
+        "resolved": {"height": ctx.height, "width": ctx.width,
+                     "num_inference_steps": ctx.num_inference_steps,
+                     "guidance_scale": ctx.guidance_scale,
+                     "true_cfg": ctx.negative_tokens is not None,
+                     "output_format": ctx.output_format, "img2img": ctx.input_image is not None},
+        "model": {"name": resolved.name, "family": fam.FAMILY, "folder": str(resolved.path)},
+        "seed": seed,
+        "schedule": {"mu": mu, "t_start": ctx.extra_model_args.get("t_start", 0),
+                     "timesteps": ctx.timesteps.tolist(), "sigmas": ctx.sigmas.tolist()},
+        "files": files,
+        "device": args.device, "dtype": args.dtype,
+    }
+    if args.parity:
+        payload["parity"] = _image_parity(args, resolved, rules, denoiser, request, ctx, result,
+                                          timings, out_dir, files, say)
+        files += [f"reference_{i}.png" for i in range(len(result.images))]
+        files += ["parity.json", "parity.md"]
+    timings["total_s"] = time.perf_counter() - t_start
+    payload["timings"] = timings
+    import torch
+
+    payload["torch_threads"] = torch.get_num_threads()
+    payload["versions"] = _versions()
+    say(f"timings: load {timings['load_s']:.2f}s, warm-up {warmup_s:.2f}s, new_context "
+        f"{new_context_s * 1e3:.1f}ms, {len(steps)} steps x {timings['per_step_s'] * 1e3:.1f}ms, "
+        f"decode {timings['decode_s'] * 1e3:.1f}ms, total {timings['total_s']:.2f}s")
+    return payload
+
+
+def _request_options(request) -> dict:
+    from harness.parity.pixel import request_options
+
+    return request_options(request)
+
+
+def _image_parity(args, resolved, rules, denoiser, request, ctx, result, timings, out_dir, files,
+                  say) -> dict:
+    ref_mod = importlib.import_module(resolved.family.REFERENCE)
+    runner = ref_mod.ReferenceRunner(resolved.family, resolved.path, denoiser.c, rules)
+    ref = runner(request, ctx, initial_latents=result.initial_latents)
+    report = ref_mod.parity_report(
+        family=resolved.family.FAMILY,
+        model={"name": resolved.name, "folder": str(resolved.path)},
+        request=_request_options(request), ours=result, ref=ref, device=args.device,
+        dtype=args.dtype, harness_timings={k: timings[k] for k in (
+            "new_context_s", "prepare_s", "decode_s")} | {"total_s": result.timings["total_s"],
+                                                          "steps_s": timings["steps_s"]})
+    for path in ref_mod.write_parity(out_dir, report, ref, files):
+        say(f"wrote {path}")
+    say(f"parity: {report['verdict']} (final latents max |diff| "
+        f"{report['final_latents_max_abs_diff']}, first divergent step "
+        f"{report['first_divergent_step']}) vs {report['reference']['pipeline']}")
+    return {k: report[k] for k in ("verdict", "final_latents_max_abs_diff", "image_max_abs_diff",
+                                   "first_divergent_step")}
+
+
+# --------------------------------------------------------------------------------------------------
+# entry point
+
+
+def _run(args, outputs: _Outputs, say) -> Path:
+    from harness.parity.report import atomic_write_json
+    from models.registry import resolve
+
+    if outputs.path.exists() and not outputs.path.is_dir():
+        raise RequestError(f"--output-dir {str(outputs.path)!r} exists and is not a folder")
+    try:
+        resolved = resolve(args.model, args.model_cache)
+    except ValueError as exc:
+        raise RequestError(str(exc)) from None
+    if resolved.modality == "text":
+        from harness import vlm_run
+
+        payload = vlm_run.run(args, resolved, outputs.path)
+        outputs.open()
+    else:
+        payload = _run_image(args, resolved, outputs, say)
+    path = atomic_write_json(outputs.open() / "result.json", payload)
+    say(f"wrote {path}")
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    outputs = _Outputs(Path(args.output_dir) if args.output_dir else _default_output_dir())
+    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
+    try:
+        path = _run(args, outputs, say)
+    except RequestError as exc:
+        outputs.rollback()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except BaseException:
+        outputs.rollback()
+        raise
+    if args.quiet:
+        print(f"wrote {path.parent}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

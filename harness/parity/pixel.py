@@ -1,0 +1,242 @@
+"""Image parity: the harness loop against diffusers' own pipeline on the same modules and inputs.
+
+The reference is the family's diffusers pipeline (FluxPipeline / FluxImg2ImgPipeline for FLUX.1)
+built over the very modules the harness loaded. With torch noise it gets a CPU generator seeded
+like the request, so it draws its own noise (and, for img2img, the VAE posterior sample first):
+equal initial latents are then part of what is checked. With numpy noise it gets our initial
+latents through ``latents=``. Per-step latents come from ``callback_on_step_end``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .report import (atomic_write_bytes, atomic_write_json, atomic_write_text, environment,
+                     fmt_num, markdown_table, max_abs_diff, mean_abs_diff, psnr_db)
+
+__all__ = ["CLOSE_TOLERANCE", "ReferenceResult", "ReferenceRunner", "compare", "parity_report",
+           "write_parity", "request_options"]
+
+#: Final-latent max |Δ| up to which a non-bitwise run is called "close".
+CLOSE_TOLERANCE = 1e-4
+
+
+@dataclass
+class ReferenceResult:
+    """What the diffusers pipeline produced, in the harness's array conventions."""
+
+    pipeline: str
+    inputs: str                     # "generator" (it drew its own noise) or "latents"
+    images: np.ndarray              # (N, H, W, 3) uint8, numpy_to_pil's rounding
+    decoded: np.ndarray             # (N, H, W, 3) float32 in [0, 1]
+    final_latents: np.ndarray
+    step_latents: list[np.ndarray] = field(default_factory=list)
+    step_timesteps: list[float] = field(default_factory=list)
+    total_s: float = 0.0
+
+
+def request_options(request) -> dict:
+    """All options of a request as JSON-friendly values (an image becomes its path or type)."""
+    opts = dataclasses.asdict(request) if dataclasses.is_dataclass(request) else dict(request)
+    src = opts.get("input_image")
+    if src is not None and not isinstance(src, (str, Path)):
+        opts["input_image"] = f"<{type(src).__name__}>"
+    elif src is not None:
+        opts["input_image"] = str(src)
+    return opts
+
+
+class ReferenceRunner:
+    """Builds the family's diffusers pipelines once over the harness's modules and runs them."""
+
+    def __init__(self, family, folder, components: dict, rules):
+        self.family = family
+        self.folder = Path(folder)
+        self.components = components
+        self.rules = rules
+        self._pipes: dict[bool, Any] = {}
+
+    def pipeline(self, img2img: bool):
+        if img2img not in self._pipes:
+            self._pipes[img2img] = self.family.reference_pipeline(self.components, self.folder,
+                                                                  img2img=img2img)
+        return self._pipes[img2img]
+
+    def __call__(self, request, ctx, *,
+                 initial_latents: np.ndarray | None = None) -> ReferenceResult:
+        """Run the reference for ``request`` (whose context is ``ctx``); see the module notes."""
+        import torch
+
+        from harness.tokenizers.pixel import load_input_image
+
+        img2img = "image_nhwc" in ctx.extra_model_args
+        pipe = self.pipeline(img2img)
+        steps, times = [], []
+
+        def record(_pipe, i, t, kw):
+            steps.append(kw["latents"].float().cpu().numpy().copy())
+            times.append(float(t))
+            return {}
+
+        kwargs: dict[str, Any] = dict(
+            prompt=request.prompt, negative_prompt=request.negative_prompt,
+            true_cfg_scale=ctx.true_cfg_scale, height=ctx.height, width=ctx.width,
+            num_inference_steps=ctx.num_inference_steps, guidance_scale=ctx.guidance_scale,
+            num_images_per_prompt=ctx.num_images_per_prompt,
+            max_sequence_length=self.rules.max_text_length, output_type="np",
+            callback_on_step_end=record, callback_on_step_end_tensor_inputs=["latents"])
+        if img2img:
+            kwargs.update(image=load_input_image(request.input_image), strength=ctx.strength)
+        if request.noise == "torch":
+            kwargs["generator"] = torch.Generator("cpu").manual_seed(ctx.extra_model_args["seed"])
+            inputs = "generator"
+        else:
+            start = initial_latents if img2img else ctx.latents
+            if start is None:
+                raise ValueError("numpy-noise img2img parity needs the harness's initial latents")
+            kwargs["latents"] = torch.from_numpy(np.array(start, dtype=np.float32))
+            inputs = "latents"
+        t0 = time.perf_counter()
+        out = pipe(**kwargs)
+        total = time.perf_counter() - t0
+        decoded = np.asarray(out.images, dtype=np.float32)
+        images = (decoded * 255).round().astype(np.uint8)  # VaeImageProcessor.numpy_to_pil
+        return ReferenceResult(
+            pipeline=type(pipe).__name__, inputs=inputs, images=images, decoded=decoded,
+            final_latents=steps[-1] if steps else np.zeros(0, np.float32), step_latents=steps,
+            step_timesteps=times, total_s=total)
+
+
+def compare(ours, ref: ReferenceResult, tolerance: float = CLOSE_TOLERANCE) -> dict:
+    """Per-step and final differences and the verdict: bitwise, close (≤ tolerance), mismatch."""
+    steps = []
+    for i in range(max(len(ours.step_latents), len(ref.step_latents))):
+        a = ours.step_latents[i] if i < len(ours.step_latents) else None
+        b = ref.step_latents[i] if i < len(ref.step_latents) else None
+        both = a is not None and b is not None
+        steps.append({
+            "step": i,
+            "timestep": ref.step_timesteps[i] if b is not None else None,
+            "timestep_harness": float(ours.timesteps[i]) if i < len(ours.timesteps) else None,
+            "latents_max_abs_diff": max_abs_diff(a, b) if both else None,
+            "latents_mean_abs_diff": mean_abs_diff(a, b) if both else None,
+            "bitwise": bool(both and a.shape == b.shape and np.array_equal(a, b)),
+        })
+    first = next((s["step"] for s in steps if not s["bitwise"]), None)
+    lat_equal = (ours.final_latents.shape == ref.final_latents.shape
+                 and np.array_equal(ours.final_latents, ref.final_latents))
+    img_equal = ours.images.shape == ref.images.shape and np.array_equal(ours.images, ref.images)
+    lat_diff = max_abs_diff(ours.final_latents, ref.final_latents)
+    if lat_equal and img_equal:
+        verdict = "bitwise"
+    elif lat_diff is not None and lat_diff <= tolerance:
+        verdict = "close"
+    else:
+        verdict = "mismatch"
+    psnr = psnr_db(ours.images, ref.images)
+    return {
+        "verdict": verdict,
+        "close_tolerance": tolerance,
+        "final_latents_bitwise": lat_equal,
+        "final_latents_max_abs_diff": lat_diff,
+        "final_latents_mean_abs_diff": mean_abs_diff(ours.final_latents, ref.final_latents),
+        "images_bitwise": img_equal,
+        "image_max_abs_diff": max_abs_diff(ours.images, ref.images),
+        "decoded_max_abs_diff": (max_abs_diff(ours.decoded, ref.decoded)
+                                 if ours.decoded is not None else None),
+        "psnr_db": None if psnr is None or psnr == float("inf") else psnr,
+        "steps": steps,
+        "first_divergent_step": first,
+    }
+
+
+def parity_report(*, family: str, model: dict, request: dict, ours, ref: ReferenceResult,
+                  device: str, dtype: str, harness_timings: dict) -> dict:
+    """The parity.json document (every key the issue lists, plus context)."""
+    import torch
+
+    cmp = compare(ours, ref)
+    return {
+        "family": family,
+        "model": model,
+        "reference": {"pipeline": ref.pipeline, "diffusers_version": metadata.version("diffusers"),
+                      "inputs": ref.inputs},
+        "request": request,
+        "device": device,
+        "dtype": dtype,
+        **cmp,
+        "psnr_note": "null psnr_db means identical images (infinite PSNR)"
+                     if cmp["psnr_db"] is None and cmp["images_bitwise"] else None,
+        "timings_s": {"harness": harness_timings, "reference": {"total_s": ref.total_s}},
+        "torch_threads": torch.get_num_threads(),
+        "environment": environment(),
+    }
+
+
+_VERDICT_TEXT = {
+    "bitwise": "final latents and images are bit-for-bit identical",
+    "close": "not bitwise, but the final latents are within max |Δ| ≤ {tol:g}",
+    "mismatch": "the final latents differ by more than {tol:g} (or their shapes differ)",
+}
+
+
+def _markdown(report: dict, ours_files: list[str], ref_files: list[str]) -> str:
+    tol = report["close_tolerance"]
+    lines = [
+        f"# Image parity: {report['family']} — **{report['verdict']}**", "",
+        _VERDICT_TEXT[report["verdict"]].format(tol=tol) + ".", "",
+        f"Reference: `{report['reference']['pipeline']}` (diffusers "
+        f"{report['reference']['diffusers_version']}), inputs by "
+        f"{report['reference']['inputs']}; device {report['device']}, dtype {report['dtype']}, "
+        f"{report['torch_threads']} torch thread(s).", "",
+        markdown_table(["metric", "value"], [
+            ["final latents max abs diff", report["final_latents_max_abs_diff"]],
+            ["final latents mean abs diff", report["final_latents_mean_abs_diff"]],
+            ["image max abs diff (uint8)", report["image_max_abs_diff"]],
+            ["decoded image max abs diff", report["decoded_max_abs_diff"]],
+            ["PSNR (dB)", "∞ (identical)" if report["images_bitwise"] else report["psnr_db"]],
+            ["first divergent step", report["first_divergent_step"]],
+            ["harness total (s)", report["timings_s"]["harness"].get("total_s")],
+            ["reference total (s)", report["timings_s"]["reference"]["total_s"]],
+        ]), "", "## Images", "",
+        "<table><tr><th>#</th><th>harness</th><th>diffusers</th></tr>",
+    ]
+    for i, (a, b) in enumerate(zip(ours_files, ref_files)):
+        lines.append(f'<tr><td>{i}</td><td><img src="{a}" alt="harness {i}"></td>'
+                     f'<td><img src="{b}" alt="diffusers {i}"></td></tr>')
+    lines += ["</table>", "", "## Per-step latents", "",
+              markdown_table(["step", "timestep", "max abs diff", "mean abs diff", "bitwise"],
+                             [[s["step"], s["timestep"], s["latents_max_abs_diff"],
+                               s["latents_mean_abs_diff"], s["bitwise"]] for s in report["steps"]]),
+              "", "## Request", "",
+              markdown_table(["option", "value"],
+                             [[k, fmt_num(v)] for k, v in report["request"].items()]), ""]
+    return "\n".join(lines)
+
+
+def write_parity(out_dir: str | Path, report: dict, ref: ReferenceResult,
+                 ours_files: list[str]) -> list[Path]:
+    """Write reference_i.png, parity.json and parity.md into ``out_dir`` (each atomically)."""
+    import io
+
+    from PIL import Image
+
+    out_dir = Path(out_dir)
+    written = []
+    ref_files = []
+    for i, im in enumerate(ref.images):
+        buf = io.BytesIO()
+        Image.fromarray(im).save(buf, format="PNG")
+        name = f"reference_{i}.png"
+        written.append(atomic_write_bytes(out_dir / name, buf.getvalue()))
+        ref_files.append(name)
+    written.append(atomic_write_json(out_dir / "parity.json", report))
+    written.append(atomic_write_text(out_dir / "parity.md",
+                                     _markdown(report, ours_files, ref_files)))
+    return written

@@ -1,0 +1,366 @@
+"""Request → PixelContext: validation, tokens, schedule, noise, ids, input-image preprocessing.
+
+Everything family-specific (latent layout, schedule constants, encoder lengths, CFG rule) is asked
+of the family's rules object (``models.<family>.rules(folder)``); this module only follows them.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import secrets
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from _fast.tokens import TokenBuffer
+from harness.context import PixelContext
+from harness.context.outputs import OUTPUT_FORMATS
+from harness.context.text import new_request_id
+from harness.errors import RequestError
+
+__all__ = ["PixelGenerationRequest", "PixelGenerationTokenizer", "NOISE_CONVENTIONS",
+           "TOKENIZER_FAULTS", "load_input_image"]
+
+#: "torch": torch.randn with a seeded CPU generator, diffusers' exact shape and order.
+#: "numpy": MAX's convention, ``np.random.RandomState(seed).standard_normal(shape)`` as float32.
+NOISE_CONVENTIONS = ("torch", "numpy")
+#: Deliberately wrong variants, for the parity tests' negative controls only.
+TOKENIZER_FAULTS = ("noise_packed_shape", "unshifted_schedule")
+_MAX_SEED = {"torch": 2 ** 63 - 1, "numpy": 2 ** 32 - 1}
+
+
+@dataclass(kw_only=True)
+class PixelGenerationRequest:
+    """An image-generation request; ``None`` options take the model's defaults.
+
+    ``input_image`` (path, PIL image or uint8 HxW[xC] array) makes it img2img with ``strength``.
+    """
+
+    prompt: str
+    negative_prompt: str | None = None
+    height: int | None = None
+    width: int | None = None
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    true_cfg_scale: float = 1.0
+    seed: int | None = None
+    num_images_per_prompt: int = 1
+    input_image: Any = None
+    strength: float = 0.6
+    output_format: str = "jpeg"
+    residual_threshold: float | None = None
+    noise: str = "torch"
+    request_id: str | None = None
+
+
+# --------------------------------------------------------------------------------------------------
+# validation
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_size(name: str, value, multiple: int) -> int:
+    if not _is_int(value):
+        raise RequestError(f"{name} must be an integer number of pixels, got {value!r}")
+    if value < multiple:
+        raise RequestError(f"{name} must be at least {multiple} pixels, got {value}")
+    if value % multiple:
+        raise RequestError(f"{name} must be a multiple of {multiple}, got {value} "
+                           f"(nearest: {value // multiple * multiple} or "
+                           f"{(value // multiple + 1) * multiple})")
+    return int(value)
+
+
+def _validate(req: PixelGenerationRequest, rules) -> dict:
+    """Every request rule of pixel_pipelines.md §3; returns the resolved options."""
+    if not isinstance(req.prompt, str) or not req.prompt.strip():
+        raise RequestError("prompt must be a non-empty string")
+    if req.negative_prompt is not None and not isinstance(req.negative_prompt, str):
+        raise RequestError(
+            f"negative_prompt must be a string, got {type(req.negative_prompt).__name__}")
+    m = rules.size_multiple
+    height = _check_size("height", rules.default_size if req.height is None else req.height, m)
+    width = _check_size("width", rules.default_size if req.width is None else req.width, m)
+    if height * width > rules.max_area:
+        raise RequestError(f"image area {width}x{height} = {width * height} pixels exceeds the "
+                           f"model's cap of {rules.max_area} pixels")
+    steps = rules.default_steps if req.num_inference_steps is None else req.num_inference_steps
+    if not _is_int(steps) or steps <= 0:
+        raise RequestError(f"num_inference_steps must be an integer > 0, got {steps!r}")
+    if not _is_int(req.num_images_per_prompt) or req.num_images_per_prompt < 1:
+        raise RequestError(f"num_images_per_prompt must be an integer >= 1, got "
+                           f"{req.num_images_per_prompt!r}")
+    guidance = rules.default_guidance_scale if req.guidance_scale is None else req.guidance_scale
+    if not _is_real(guidance) or guidance < 0:
+        raise RequestError(f"guidance_scale must be a finite number >= 0, got {guidance!r}")
+    if not _is_real(req.true_cfg_scale) or req.true_cfg_scale <= 0:
+        raise RequestError(
+            f"true_cfg_scale must be a finite number > 0, got {req.true_cfg_scale!r}")
+    if not _is_real(req.strength) or not 0 < req.strength <= 1:
+        raise RequestError(f"strength must be in (0, 1], got {req.strength!r}")
+    if req.residual_threshold is not None and (
+            not _is_real(req.residual_threshold) or req.residual_threshold <= 0):
+        raise RequestError(
+            f"residual_threshold must be > 0 when given, got {req.residual_threshold!r}")
+    fmt = str(req.output_format).lower()
+    fmt = "jpeg" if fmt == "jpg" else fmt
+    if fmt not in OUTPUT_FORMATS:
+        raise RequestError(f"output_format {req.output_format!r} is not supported; allowed: "
+                           f"{', '.join(OUTPUT_FORMATS)}")
+    if req.noise not in NOISE_CONVENTIONS:
+        raise RequestError(f"noise convention {req.noise!r} is not supported; allowed: "
+                           f"{', '.join(NOISE_CONVENTIONS)}")
+    seed = req.seed
+    if seed is None:
+        seed = secrets.randbelow(2 ** 31)
+    elif not _is_int(seed) or not 0 <= seed <= _MAX_SEED[req.noise]:
+        raise RequestError(f"seed must be an integer in [0, {_MAX_SEED[req.noise]}] for "
+                           f"{req.noise} noise, got {seed!r}")
+    return {"height": height, "width": width, "steps": int(steps), "guidance": float(guidance),
+            "format": fmt, "seed": int(seed)}
+
+
+# --------------------------------------------------------------------------------------------------
+# input image
+
+
+def load_input_image(source: Any):
+    """Path, PIL image or uint8 HxW / HxWxC array → RGB PIL image (bad input → RequestError)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        if not os.path.isfile(path):
+            raise RequestError(f"input image not found: {path!r}")
+        try:
+            with Image.open(path) as im:
+                return im.convert("RGB")
+        except (UnidentifiedImageError, OSError) as exc:
+            raise RequestError(f"cannot read input image {path!r}: {exc}") from None
+    if isinstance(source, Image.Image):
+        return source.convert("RGB")
+    if isinstance(source, np.ndarray):
+        if source.dtype != np.uint8 or not (
+                source.ndim == 2 or (source.ndim == 3 and source.shape[2] in (1, 3, 4))):
+            raise RequestError(f"input image arrays must be uint8 HxW, HxWx1, HxWx3 or HxWx4, got "
+                               f"{source.dtype} {source.shape}")
+        if source.size == 0:
+            raise RequestError(f"input image array is empty: shape {source.shape}")
+        arr = source[:, :, 0] if source.ndim == 3 and source.shape[2] == 1 else source
+        return Image.fromarray(np.ascontiguousarray(arr)).convert("RGB")
+    raise RequestError(f"input_image must be a path, a PIL image or a uint8 array, got "
+                       f"{type(source).__name__}")
+
+
+def _preprocess_image(image, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(resized uint8 HxWx3, normalised float32 1xHxWx3) exactly as diffusers' VaeImageProcessor.
+
+    VaeImageProcessor.preprocess: PIL resize (Lanczos) → ``np.float32 / 255.0`` →
+    ``2.0 * x - 1.0``; the same float32 operations in numpy give the same bits. It hands the VAE
+    an NCHW *view* of this NHWC buffer (channels-last strides), so the loop must do the same: the
+    convolution path, and with it the bits, depend on the memory layout.
+    """
+    from PIL import Image
+
+    if image.size != (width, height):
+        image = image.resize((width, height), resample=Image.Resampling.LANCZOS)
+    pixels = np.asarray(image, dtype=np.uint8)
+    x = 2.0 * (pixels.astype(np.float32) / 255.0) - 1.0
+    return pixels, x.reshape((1,) + x.shape).copy()  # copy: plain strides, not a 0-stride axis
+
+
+# --------------------------------------------------------------------------------------------------
+# the tokenizer
+
+
+class _Encoder:
+    """One fast tokenizer (``tokenizers``) padded to its encoder's length."""
+
+    def __init__(self, spec):
+        self.spec = spec
+        self.tok = spec.load()
+        self.pad_id = self.tok.token_to_id(spec.pad_token)
+        if self.pad_id is None:
+            raise ValueError(f"pad token {spec.pad_token!r} is not in the tokenizer of "
+                             f"{spec.tokenizer_dir}")
+        ids = self.tok.encode("").ids
+        self.eos_id = ids[-1] if ids else self.pad_id
+
+    def __call__(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """(ids int64 (L,), mask bool (L,)); too long → truncated (warning) or RequestError."""
+        ids = self.tok.encode(text).ids
+        n, limit = len(ids), self.spec.max_length
+        if n > limit:
+            if not self.spec.truncate:
+                raise RequestError(f"prompt too long: {n} tokens > {limit} (the limit of the "
+                                   f"{self.spec.role} text encoder)")
+            warnings.warn(f"prompt truncated to {limit} tokens for the {self.spec.role} text "
+                          f"encoder ({n} tokens given)", stacklevel=5)
+            # transformers' truncation=True with the post-processor keeps the first limit-1
+            # tokens and closes with the end token (diffusers warns and carries on).
+            ids = ids[:limit - 1] + [self.eos_id]
+        out = np.full(limit, self.pad_id, dtype=np.int64)
+        out[:len(ids)] = ids
+        mask = np.zeros(limit, dtype=bool)
+        mask[:len(ids)] = True
+        return out, mask
+
+
+class PixelGenerationTokenizer:
+    """Turns ``PixelGenerationRequest`` into a ``PixelContext`` for one model folder.
+
+    ``model`` is a tiny name, a local diffusers folder, an offline HF cache id or a
+    ``models.registry.ResolvedModel``. ``dtype`` is the dtype the model will run in: diffusers draws
+    the noise in the prompt-embedding dtype, so bfloat16 noise differs from float32 noise.
+
+    Context layout (FLUX.1): ``tokens``/``mask`` CLIP (77), ``tokens_2`` T5 (512), ``latents`` the
+    packed noise (float32 holding model-dtype values), ``timesteps``/``sigmas`` already trimmed for
+    img2img. ``extra_model_args``: ``seed``, ``mu`` (None without dynamic shift), ``t_start``,
+    ``mask_2`` / ``negative_mask_2`` (T5 masks), and for img2img ``image_nhwc`` (float32
+    1xHxWx3 in [-1, 1]) and ``vae_sample_noise`` (the VAE posterior sample's noise, drawn first).
+    """
+
+    def __init__(self, model: Any = None, *, cache_dir: str | os.PathLike | None = None,
+                 dtype: str = "float32"):
+        from models.registry import ResolvedModel, resolve
+
+        resolved = model if isinstance(model, ResolvedModel) else resolve(
+            None if model is None else os.fspath(model), cache_dir)
+        if resolved.modality != "image":
+            raise ValueError(f"model {resolved.name!r} is a {resolved.modality} model, not an "
+                             f"image-generation model")
+        if dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype {dtype!r} is not supported; allowed: float32, bfloat16")
+        self.model = resolved
+        self.rules = resolved.family.rules(resolved.path)
+        self.dtype = dtype
+        self._encoders = {spec.role: _Encoder(spec) for spec in self.rules.text_encoders}
+        self._warm()
+
+    def _warm(self) -> None:
+        """Import torch and load the cached numba kernels once, outside the first request."""
+        import torch  # noqa: F401
+
+        m = self.rules.size_multiple
+        self.rules.schedule(2, 2 * m, 2 * m)
+        self.rules.pack(np.zeros(self.rules.noise_shape(1, 2 * m, 2 * m), dtype=np.float32))
+        self.rules.latent_image_ids(2 * m, 2 * m)
+
+    @property
+    def model_name(self) -> str:
+        return self.model.name
+
+    def _tokenize(self, text: str) -> dict[str, tuple]:
+        # Non-truncating encoders (T5) first: a too-long prompt fails before any warning.
+        order = sorted(self._encoders.items(), key=lambda kv: kv[1].spec.truncate)
+        return {role: enc(text) for role, enc in order}
+
+    def _draw(self, shapes: list[tuple[int, ...]], seed: int, convention: str) -> list[np.ndarray]:
+        """Draw the noises in order from one seeded generator (float32 arrays of dtype values)."""
+        if convention == "numpy":
+            rs = np.random.RandomState(seed)
+            return [rs.standard_normal(s).astype(np.float32) for s in shapes]
+        import torch
+
+        tdt = torch.bfloat16 if self.dtype == "bfloat16" else torch.float32
+        gen = torch.Generator("cpu").manual_seed(seed)
+        return [torch.randn(s, generator=gen, dtype=tdt).float().numpy() for s in shapes]
+
+    def new_context(self, request: PixelGenerationRequest, *,
+                    fault: str | None = None) -> PixelContext:
+        """Validate ``request`` and prepare every number the denoise loop needs.
+
+        ``fault`` (test-only, one of ``TOKENIZER_FAULTS``) builds a deliberately wrong context.
+        """
+        if fault is not None and fault not in TOKENIZER_FAULTS:
+            raise ValueError(
+                f"unknown tokenizer fault {fault!r}; known: {', '.join(TOKENIZER_FAULTS)}")
+        rules = self.rules
+        opt = _validate(request, rules)
+        height, width, steps, seed = opt["height"], opt["width"], opt["steps"], opt["seed"]
+        batch = request.num_images_per_prompt
+
+        image = None
+        if request.input_image is not None:
+            image = load_input_image(request.input_image)
+        tokens = self._tokenize(request.prompt)
+        explicit_negative = request.negative_prompt is not None
+        true_cfg = rules.uses_true_cfg(request.true_cfg_scale, explicit_negative)
+        negative = self._tokenize(request.negative_prompt) if true_cfg else None
+
+        timesteps, sigmas, mu = rules.schedule(steps, height, width,
+                                               shifted=fault != "unshifted_schedule")
+        t_start = 0
+        if image is not None:  # FluxImg2ImgPipeline.get_timesteps: keep the last steps
+            from _fast import trim_for_strength
+
+            try:
+                timesteps, sigmas, t_start = trim_for_strength(timesteps, sigmas, steps,
+                                                               float(request.strength))
+            except ValueError as exc:  # zero steps left (inputs were validated above)
+                raise RequestError(str(exc)) from None
+            timesteps, sigmas = timesteps.copy(), sigmas.copy()
+
+        # img2img consumes the generator for the VAE posterior sample before the noise.
+        shapes = [rules.noise_shape(batch, height, width)]
+        if fault == "noise_packed_shape":
+            shapes = [(batch, rules.image_seq_len(height, width), 4 * rules.latent_channels)]
+        if image is not None:
+            shapes.insert(0, rules.vae_sample_shape(height, width))
+        draws = self._draw(shapes, seed, request.noise)
+        noise = draws[-1]
+        latents = noise if fault == "noise_packed_shape" else rules.pack(noise)
+
+        extra: dict[str, Any] = {"seed": seed, "mu": mu, "t_start": t_start}
+        primary, secondary = tokens["tokens"], tokens.get("tokens_2")
+        if secondary is not None:
+            extra["mask_2"] = secondary[1]
+        ctx_kw: dict[str, Any] = {}
+        if negative is not None:
+            ctx_kw["negative_tokens"] = TokenBuffer(negative["tokens"][0])
+            ctx_kw["negative_mask"] = negative["tokens"][1]
+            if "tokens_2" in negative:
+                ctx_kw["negative_tokens_2"] = TokenBuffer(negative["tokens_2"][0])
+                extra["negative_mask_2"] = negative["tokens_2"][1]
+        text_len = len(secondary[0]) if secondary is not None else len(primary[0])
+        if image is not None:
+            pixels, image_nhwc = _preprocess_image(image, height, width)
+            ctx_kw["input_image"] = pixels
+            extra["image_nhwc"] = image_nhwc
+            extra["vae_sample_noise"] = draws[0]
+
+        return PixelContext(
+            tokens=TokenBuffer(primary[0]),
+            mask=primary[1],
+            tokens_2=TokenBuffer(secondary[0]) if secondary is not None else None,
+            request_id=request.request_id or new_request_id(),
+            model_name=self.model_name,
+            explicit_negative_prompt=explicit_negative,
+            timesteps=timesteps,
+            sigmas=sigmas,
+            latents=latents,
+            latent_image_ids=rules.latent_image_ids(height, width),
+            text_ids=rules.text_ids(text_len),
+            negative_text_ids=rules.text_ids(text_len) if negative is not None else np.zeros(
+                0, dtype=np.int64),
+            height=height,
+            width=width,
+            num_inference_steps=steps,
+            guidance_scale=opt["guidance"],
+            true_cfg_scale=float(request.true_cfg_scale),
+            strength=float(request.strength),
+            num_images_per_prompt=batch,
+            output_format=opt["format"],
+            residual_threshold=request.residual_threshold,
+            extra_model_args=extra,
+            **ctx_kw,
+        )
