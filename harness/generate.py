@@ -50,8 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
     img.add_argument("--true-cfg-scale", type=float, default=1.0,
                      help="> 1 with --negative-prompt runs true classifier-free guidance")
     img.add_argument("--num-images", type=int, default=1, help="images per prompt")
-    img.add_argument("--strength", type=float, default=0.6, help="img2img strength in (0, 1]")
-    img.add_argument("--format", default="png", help="png, jpeg or webp")
+    img.add_argument("--strength", type=float, default=None,
+                     help="img2img strength in (0, 1] (default 0.6)")
+    img.add_argument("--cfg-truncation", type=float, default=None,
+                     help="Z-Image: CFG only while (1000 - t)/1000 <= this (default 1.0)")
+    img.add_argument("--cfg-normalization", type=float, default=None,
+                     help="Z-Image: cap |pred| at factor x |pos| (0 = off, default)")
+    img.add_argument("--residual-threshold", type=float, default=None,
+                     help="first-block cache threshold (> 0; default: the model's own)")
+    img.add_argument("--format", default=None, help="png (default), jpeg or webp")
     img.add_argument("--noise", default="torch", help="torch (diffusers' noise) or numpy (MAX's)")
     img.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up call")
     txt = p.add_argument_group("text generation (VLMs)")
@@ -132,9 +139,10 @@ def _image_request(args, rules, seed: int):
     from harness.tokenizers.pixel import PixelGenerationRequest
 
     images = args.image or []
+    conditioning = getattr(rules, "image_role", "img2img") == "conditioning"
     if len(images) > rules.max_input_images:
         raise RequestError(f"this model takes at most {rules.max_input_images} --image "
-                           f"(img2img), got {len(images)}")
+                           f"({'conditioning' if conditioning else 'img2img'}), got {len(images)}")
     for name in ("max_new_tokens", "chunk_size", "temperature", "top_k", "top_p"):
         if getattr(args, name) is not None:
             raise RequestError(f"--{name.replace('_', '-')} is a text-generation flag; this is "
@@ -143,8 +151,13 @@ def _image_request(args, rules, seed: int):
         prompt=args.prompt, negative_prompt=args.negative_prompt, height=args.height,
         width=args.width, num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
         true_cfg_scale=args.true_cfg_scale, seed=seed, num_images_per_prompt=args.num_images,
-        input_image=images[0] if images else None, strength=args.strength,
-        output_format=args.format, noise=args.noise)
+        input_image=images[0] if images and not conditioning else None,
+        input_images=list(images) if images and conditioning else None,
+        strength=0.6 if args.strength is None else args.strength,
+        cfg_truncation=1.0 if args.cfg_truncation is None else args.cfg_truncation,
+        cfg_normalization=(False if not args.cfg_normalization else args.cfg_normalization),
+        residual_threshold=args.residual_threshold,
+        output_format=args.format or "png", noise=args.noise)
 
 
 def _versions() -> dict:

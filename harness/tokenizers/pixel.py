@@ -36,7 +36,10 @@ _MAX_SEED = {"torch": 2 ** 63 - 1, "numpy": 2 ** 32 - 1}
 class PixelGenerationRequest:
     """An image-generation request; ``None`` options take the model's defaults.
 
-    ``input_image`` (path, PIL image or uint8 HxW[xC] array) makes it img2img with ``strength``.
+    ``input_image`` (path, PIL image or uint8 HxW[xC] array) makes it img2img with ``strength``;
+    ``input_images`` are conditioning images for families that take several (FLUX.2 reference
+    images, Qwen-Image-Edit). ``cfg_normalization`` (True ≡ 1.0, a float is a factor) and
+    ``cfg_truncation`` are Z-Image's CFG options.
     """
 
     prompt: str
@@ -49,7 +52,10 @@ class PixelGenerationRequest:
     seed: int | None = None
     num_images_per_prompt: int = 1
     input_image: Any = None
+    input_images: list[Any] | None = None
     strength: float = 0.6
+    cfg_normalization: bool | float = False
+    cfg_truncation: float = 1.0
     output_format: str = "jpeg"
     residual_threshold: float | None = None
     noise: str = "torch"
@@ -107,6 +113,18 @@ def _validate(req: PixelGenerationRequest, rules) -> dict:
             f"true_cfg_scale must be a finite number > 0, got {req.true_cfg_scale!r}")
     if not _is_real(req.strength) or not 0 < req.strength <= 1:
         raise RequestError(f"strength must be in (0, 1], got {req.strength!r}")
+    if not _is_real(req.cfg_truncation) or req.cfg_truncation <= 0:
+        raise RequestError(f"cfg_truncation must be a finite number > 0, got {req.cfg_truncation!r}")
+    if not (isinstance(req.cfg_normalization, bool) or (
+            _is_real(req.cfg_normalization) and req.cfg_normalization >= 0)):
+        raise RequestError(f"cfg_normalization must be a bool or a number >= 0 (0 = off), got "
+                           f"{req.cfg_normalization!r}")
+    if req.input_image is not None and req.input_images:
+        raise RequestError("give either input_image (img2img) or input_images (conditioning), "
+                           "not both")
+    if req.input_images is not None and len(req.input_images) > rules.max_input_images:
+        raise RequestError(f"this model takes at most {rules.max_input_images} input images, got "
+                           f"{len(req.input_images)}")
     if req.residual_threshold is not None and (
             not _is_real(req.residual_threshold) or req.residual_threshold <= 0):
         raise RequestError(
@@ -250,6 +268,9 @@ class PixelGenerationTokenizer:
         """Import torch and load the cached numba kernels once, outside the first request."""
         import torch  # noqa: F401
 
+        if hasattr(self.rules, "warm"):
+            self.rules.warm()
+            return
         m = self.rules.size_multiple
         self.rules.schedule(2, 2 * m, 2 * m)
         self.rules.pack(np.zeros(self.rules.noise_shape(1, 2 * m, 2 * m), dtype=np.float32))
@@ -286,6 +307,9 @@ class PixelGenerationTokenizer:
                 f"unknown tokenizer fault {fault!r}; known: {', '.join(TOKENIZER_FAULTS)}")
         rules = self.rules
         opt = _validate(request, rules)
+        build = getattr(rules, "build_context", None)
+        if build is not None:  # the family prepares its own context from the validated options
+            return build(self, request, opt, fault=fault)
         height, width, steps, seed = opt["height"], opt["width"], opt["steps"], opt["seed"]
         batch = request.num_images_per_prompt
 
