@@ -230,6 +230,12 @@ def _run_image(args, resolved, outputs: _Outputs, say) -> dict:
         "files": files,
         "device": args.device, "dtype": args.dtype,
     }
+    cache = getattr(result, "cache", None)
+    if cache is not None:
+        payload["first_block_cache"] = cache
+        say(f"first-block cache: threshold {cache['threshold']:g}, {cache['computed']} calls "
+            f"computed, {cache['reused']} reused ({cache['skipped_block_calls']} block calls "
+            f"skipped)")
     if args.parity:
         payload["parity"] = _image_parity(args, resolved, rules, denoiser, request, ctx, result,
                                           timings, out_dir, files, say)
@@ -257,14 +263,26 @@ def _image_parity(args, resolved, rules, denoiser, request, ctx, result, timings
                   say) -> dict:
     ref_mod = importlib.import_module(resolved.family.REFERENCE)
     runner = ref_mod.ReferenceRunner(resolved.family, resolved.path, denoiser.c, rules)
-    ref = runner(request, ctx, initial_latents=result.initial_latents)
+    import inspect
+
+    cache = getattr(result, "cache", None)
+    extra, fbc = {}, {}
+    if cache is not None and "residual_threshold" in inspect.signature(runner).parameters:
+        extra["residual_threshold"] = cache["threshold"]  # diffusers' own first-block cache
+    ref = runner(request, ctx, initial_latents=result.initial_latents, **extra)
+    if cache is not None:
+        from harness.parity.pixel import first_block_cache_section, run_uncached
+
+        fbc["first_block_cache"] = first_block_cache_section(
+            result, run_uncached(denoiser, ctx), ref)
     report = ref_mod.parity_report(
         family=resolved.family.FAMILY,
         model={"name": resolved.name, "folder": str(resolved.path)},
         request=_request_options(request), ours=result, ref=ref, device=args.device,
         dtype=args.dtype, harness_timings={k: timings[k] for k in (
             "new_context_s", "prepare_s", "decode_s")} | {"total_s": result.timings["total_s"],
-                                                          "steps_s": timings["steps_s"]})
+                                                          "steps_s": timings["steps_s"]},
+        **fbc)
     for path in ref_mod.write_parity(out_dir, report, ref, files):
         say(f"wrote {path}")
     say(f"parity: {report['verdict']} (final latents max |diff| "

@@ -199,6 +199,11 @@ class Flux1Rules:
         return 3.5
 
     @property
+    def default_residual_threshold(self) -> float:
+        """First-block cache threshold when the cache is on and a request gives none (MAX's)."""
+        return 0.05
+
+    @property
     def max_text_length(self) -> int:
         return next(e.max_length for e in self.text_encoders if not e.truncate)
 

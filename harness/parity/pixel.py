@@ -5,6 +5,11 @@ built over the very modules the harness loaded. With torch noise it gets a CPU g
 like the request, so it draws its own noise (and, for img2img, the VAE posterior sample first):
 equal initial latents are then part of what is checked. With numpy noise it gets our initial
 latents through ``latents=``. Per-step latents come from ``callback_on_step_end``.
+
+When the harness ran its first-block cache, the reference gets diffusers' own
+``FirstBlockCacheConfig`` hook at the same threshold (named cond/uncond contexts as the pipeline
+sets them, or set here in call order when it sets none), and ``first_block_cache_section`` adds
+the cost of the cache against an uncached harness run of the same context.
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ from .report import (atomic_write_bytes, atomic_write_json, atomic_write_text, e
                      fmt_num, markdown_table, max_abs_diff, mean_abs_diff, psnr_db)
 
 __all__ = ["CLOSE_TOLERANCE", "ReferenceResult", "ReferenceRunner", "compare", "parity_report",
-           "write_parity", "request_options"]
+           "write_parity", "request_options", "run_uncached", "first_block_cache_section"]
 
 #: Final-latent max |Δ| up to which a non-bitwise run is called "close".
 CLOSE_TOLERANCE = 1e-4
@@ -39,6 +44,8 @@ class ReferenceResult:
     step_latents: list[np.ndarray] = field(default_factory=list)
     step_timesteps: list[float] = field(default_factory=list)
     total_s: float = 0.0
+    #: {"threshold", "applied", "contexts" ("pipeline" / "runner"), "reason"} when asked for.
+    first_block_cache: dict | None = None
 
 
 def request_options(request) -> dict:
@@ -68,9 +75,10 @@ class ReferenceRunner:
                                                                   img2img=img2img)
         return self._pipes[img2img]
 
-    def __call__(self, request, ctx, *,
-                 initial_latents: np.ndarray | None = None) -> ReferenceResult:
-        """Run the reference for ``request`` (whose context is ``ctx``); see the module notes."""
+    def __call__(self, request, ctx, *, initial_latents: np.ndarray | None = None,
+                 residual_threshold: float | None = None) -> ReferenceResult:
+        """Run the reference for ``request`` (whose context is ``ctx``); see the module notes.
+        ``residual_threshold``: run it under diffusers' first-block cache hook at that value."""
         import torch
 
         from harness.tokenizers.pixel import load_input_image
@@ -102,15 +110,116 @@ class ReferenceRunner:
                 raise ValueError("numpy-noise img2img parity needs the harness's initial latents")
             kwargs["latents"] = torch.from_numpy(np.array(start, dtype=np.float32))
             inputs = "latents"
+        fbc = None
+        if residual_threshold is not None:
+            fbc, run = _with_fbc_hook(pipe, residual_threshold, ctx.negative_tokens is not None)
+        else:
+            run = pipe
         t0 = time.perf_counter()
-        out = pipe(**kwargs)
+        out = run(**kwargs)
         total = time.perf_counter() - t0
         decoded = np.asarray(out.images, dtype=np.float32)
         images = (decoded * 255).round().astype(np.uint8)  # VaeImageProcessor.numpy_to_pil
         return ReferenceResult(
             pipeline=type(pipe).__name__, inputs=inputs, images=images, decoded=decoded,
             final_latents=steps[-1] if steps else np.zeros(0, np.float32), step_latents=steps,
-            step_timesteps=times, total_s=total)
+            step_timesteps=times, total_s=total, first_block_cache=fbc)
+
+
+def _with_fbc_hook(pipe, threshold: float, true_cfg: bool):
+    """(info, callable): ``pipe`` run under diffusers' FirstBlockCache hook, removed afterwards.
+
+    The hook keys its state by ``transformer.cache_context(name)``; FluxPipeline sets "cond" /
+    "uncond" itself, FluxImg2ImgPipeline sets none (the hook would raise), so there each
+    transformer call is named here in call order: cond, then uncond under true CFG.
+    """
+    import inspect
+
+    info = {"threshold": float(threshold), "applied": False, "contexts": None, "reason": None}
+    transformer = pipe.transformer
+    try:
+        from diffusers.hooks import FirstBlockCacheConfig
+
+        transformer.enable_cache(FirstBlockCacheConfig(threshold=float(threshold)))
+    except Exception as exc:  # an unregistered block class, a model without enable_cache, ...
+        info["reason"] = f"diffusers cannot cache {type(transformer).__name__}: {exc}"
+        return info, pipe
+    transformer.disable_cache()
+    own = "cache_context" in inspect.getsource(type(pipe).__call__)
+    info.update(applied=True, contexts="pipeline" if own else "runner")
+
+    def run(**kwargs):
+        transformer.enable_cache(FirstBlockCacheConfig(threshold=float(threshold)))
+        names, calls = ("cond", "uncond") if true_cfg else ("cond",), [0]
+        plain = transformer.forward
+
+        def named(*args, **kw):
+            name = names[calls[0] % len(names)]
+            calls[0] += 1
+            with transformer.cache_context(name):
+                return plain(*args, **kw)
+
+        had = "forward" in transformer.__dict__
+        if not own:
+            transformer.forward = named
+        try:
+            return pipe(**kwargs)
+        finally:
+            if not own:
+                if had:
+                    transformer.forward = plain
+                else:
+                    del transformer.forward
+            transformer.disable_cache()
+
+    return info, run
+
+
+def run_uncached(denoiser, ctx, *, record_steps: bool = True):
+    """The harness loop on ``ctx`` with the first-block cache off (no threshold, switch off)."""
+    import dataclasses as dc
+
+    saved = getattr(denoiser, "first_block_cache", False)
+    denoiser.first_block_cache = False
+    try:
+        return denoiser(dc.replace(ctx, residual_threshold=None), record_steps=record_steps)
+    finally:
+        denoiser.first_block_cache = saved
+
+
+def _steps_s(result) -> float | None:
+    steps = result.timings.get("steps_s") if result.timings else None
+    return float(sum(steps)) if steps else None
+
+
+def first_block_cache_section(ours, uncached, ref: ReferenceResult) -> dict:
+    """parity.json ``first_block_cache``: what the cache skipped, its cost against the uncached
+    harness run, and the comparison against diffusers' own hook at the same threshold."""
+    stats = dict(ours.cache)
+    psnr = psnr_db(ours.images, uncached.images)
+    t_cached, t_plain = _steps_s(ours), _steps_s(uncached)
+    stats["vs_uncached_harness"] = {
+        "final_latents_max_abs_diff": max_abs_diff(ours.final_latents, uncached.final_latents),
+        "final_latents_mean_abs_diff": mean_abs_diff(ours.final_latents, uncached.final_latents),
+        "image_max_abs_diff": max_abs_diff(ours.images, uncached.images),
+        "images_bitwise": bool(ours.images.shape == uncached.images.shape
+                               and np.array_equal(ours.images, uncached.images)),
+        "psnr_db": None if psnr is None or psnr == float("inf") else psnr,
+        "steps_s_cached": t_cached, "steps_s_uncached": t_plain,
+        "speedup": t_plain / t_cached if t_cached and t_plain else None,
+    }
+    hook = dict(getattr(ref, "first_block_cache", None) or {
+        "applied": False, "reason": "the family's reference runner has no first-block cache"})
+    if hook.get("applied"):
+        psnr = psnr_db(ours.images, ref.images)
+        hook.update(
+            bitwise=bool(np.array_equal(ours.final_latents, ref.final_latents)
+                         and np.array_equal(ours.images, ref.images)),
+            final_latents_max_abs_diff=max_abs_diff(ours.final_latents, ref.final_latents),
+            image_max_abs_diff=max_abs_diff(ours.images, ref.images),
+            psnr_db=None if psnr is None or psnr == float("inf") else psnr)
+    stats["vs_diffusers_hook"] = hook
+    return stats
 
 
 def compare(ours, ref: ReferenceResult, tolerance: float = CLOSE_TOLERANCE) -> dict:
@@ -157,12 +266,14 @@ def compare(ours, ref: ReferenceResult, tolerance: float = CLOSE_TOLERANCE) -> d
 
 
 def parity_report(*, family: str, model: dict, request: dict, ours, ref: ReferenceResult,
-                  device: str, dtype: str, harness_timings: dict) -> dict:
-    """The parity.json document (every key the issue lists, plus context)."""
+                  device: str, dtype: str, harness_timings: dict,
+                  first_block_cache: dict | None = None) -> dict:
+    """The parity.json document (every key the issue lists, plus context); ``first_block_cache``
+    is ``first_block_cache_section``'s dict when the harness ran the cache."""
     import torch
 
     cmp = compare(ours, ref)
-    return {
+    doc = {
         "family": family,
         "model": model,
         "reference": {"pipeline": ref.pipeline, "diffusers_version": metadata.version("diffusers"),
@@ -177,6 +288,9 @@ def parity_report(*, family: str, model: dict, request: dict, ours, ref: Referen
         "torch_threads": torch.get_num_threads(),
         "environment": environment(),
     }
+    if first_block_cache is not None:
+        doc["first_block_cache"] = first_block_cache
+    return doc
 
 
 _VERDICT_TEXT = {
@@ -214,10 +328,53 @@ def _markdown(report: dict, ours_files: list[str], ref_files: list[str]) -> str:
               markdown_table(["step", "timestep", "max abs diff", "mean abs diff", "bitwise"],
                              [[s["step"], s["timestep"], s["latents_max_abs_diff"],
                                s["latents_mean_abs_diff"], s["bitwise"]] for s in report["steps"]]),
-              "", "## Request", "",
+              ""]
+    if report.get("first_block_cache"):
+        lines += _fbc_markdown(report["first_block_cache"])
+    lines += ["## Request", "",
               markdown_table(["option", "value"],
                              [[k, fmt_num(v)] for k, v in report["request"].items()]), ""]
     return "\n".join(lines)
+
+
+def _fbc_markdown(fbc: dict) -> list[str]:
+    """The first-block cache section: decisions per stream, cost, diffusers' hook."""
+    plain, hook = fbc["vs_uncached_harness"], fbc["vs_diffusers_hook"]
+    lines = [
+        "## First-block cache", "",
+        f"Threshold {fmt_num(fbc['threshold'])}; head `{fbc['head_block']}`, tail "
+        f"`{fbc['tail_block']}` ({fbc['span_blocks']} blocks); {fbc['computed']} transformer "
+        f"calls computed, {fbc['reused']} reused, {fbc['skipped_block_calls']} block calls "
+        f"skipped. Decisions: C = computed, R = reused; rel = mean|r − r_prev| / mean|r_prev|.",
+        "",
+        markdown_table(["stream", "computed", "reused", "decisions", "rel per call"],
+                       [[k, s["computed"], s["reused"], s["decisions"],
+                         ", ".join("—" if r is None else f"{r:.3g}" for r in s["rel"])]
+                        for k, s in fbc["streams"].items()]), "",
+        "Cost against the uncached harness run of the same context:", "",
+        markdown_table(["metric", "value"], [
+            ["final latents max abs diff", plain["final_latents_max_abs_diff"]],
+            ["final latents mean abs diff", plain["final_latents_mean_abs_diff"]],
+            ["image max abs diff (uint8)", plain["image_max_abs_diff"]],
+            ["PSNR (dB)", "∞ (identical)" if plain["images_bitwise"] else plain["psnr_db"]],
+            ["denoise steps (s), cached / uncached",
+             f"{fmt_num(plain['steps_s_cached'])} / {fmt_num(plain['steps_s_uncached'])}"],
+            ["speed-up of the steps", plain["speedup"]],
+        ]), "",
+    ]
+    if hook.get("applied"):
+        lines += [f"Against diffusers' own FirstBlockCache hook at the same threshold (contexts "
+                  f"named by the {hook['contexts']}): "
+                  + ("**bitwise**." if hook["bitwise"] else
+                     f"final latents max abs diff {fmt_num(hook['final_latents_max_abs_diff'])}, "
+                     f"image max abs diff {fmt_num(hook['image_max_abs_diff'])}, PSNR "
+                     f"{fmt_num(hook['psnr_db'])} dB."), "",
+                  "The reference above ran with that hook.", ""]
+    else:
+        lines += [f"diffusers' FirstBlockCache hook was not applied ({hook.get('reason')}): the "
+                  f"reference above ran uncached, so its difference includes the cache's cost.",
+                  ""]
+    return lines
 
 
 def write_parity(out_dir: str | Path, report: dict, ref: ReferenceResult,

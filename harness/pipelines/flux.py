@@ -4,6 +4,8 @@ Text encoders → prompt embeddings exactly as ``FluxPipeline.encode_prompt``; t
 gets ``timestep / 1000`` and the unscaled guidance; true CFG ``v_neg + s·(v − v_neg)``; the Euler
 step, packing and unpacking come from ``_fast`` on CPU float32 (torch ops with the same arithmetic
 elsewhere); decoding copies FluxPipeline's dtype path. Layout constants come from the family rules.
+A first-block cache (``fbcache``) runs when the context has a ``residual_threshold``, or at the
+family default when ``first_block_cache`` is switched on; streams "cond" / "uncond".
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ class PixelResult:
     initial_latents: np.ndarray | None = None  # packed start latents, if recorded
     decoded: np.ndarray | None = None  # (N, H, W, 3) float32 in [0, 1], before quantisation
     timings: dict[str, Any] = field(default_factory=dict)
+    cache: dict | None = None          # first-block cache stats (FirstBlockCache.stats), if it ran
 
 
 def _sync(device) -> None:
@@ -45,7 +48,7 @@ class FluxDenoiser:
     """Runs PixelContexts of one loaded FLUX.1-layout model (CPU or CUDA, float32 or bfloat16)."""
 
     def __init__(self, components: dict, rules, *, device: str = "cpu", dtype: str = "float32",
-                 progress: bool = True):
+                 progress: bool = True, first_block_cache: bool = False):
         import torch
 
         from models.flux1 import torch_dtype
@@ -55,20 +58,23 @@ class FluxDenoiser:
         self.device = torch.device(device)
         self.dtype = torch_dtype(dtype)
         self.progress = progress
+        #: Run the first-block cache at the family default when a request gives no threshold.
+        self.first_block_cache = first_block_cache
         # The numba kernels are exact float32 data movement / arithmetic on host memory.
         self._host_f32 = self.device.type == "cpu" and self.dtype == torch.float32
         self.load_s = 0.0
 
     @classmethod
     def from_folder(cls, folder, rules, *, device: str = "cpu", dtype: str = "float32",
-                    progress: bool = True) -> "FluxDenoiser":
+                    progress: bool = True, first_block_cache: bool = False) -> "FluxDenoiser":
         """Load the components of ``folder`` and time it (``load_s``)."""
         from models.flux1 import load_components
 
         t0 = time.perf_counter()
         comps = load_components(folder, device=device, dtype=dtype)
         _sync(device)
-        self = cls(comps, rules, device=device, dtype=dtype, progress=progress)
+        self = cls(comps, rules, device=device, dtype=dtype, progress=progress,
+                   first_block_cache=first_block_cache)
         self.load_s = time.perf_counter() - t0
         return self
 
@@ -186,20 +192,27 @@ class FluxDenoiser:
         st["sigmas"] = torch.from_numpy(ctx.sigmas).to(self.device)
         return st
 
-    def _velocity(self, st: dict, latents, i: int, true_cfg_scale: float, fault: str | None):
-        """Velocity at step i, with true CFG ``v_neg + s·(v − v_neg)`` when it runs."""
+    def _velocity(self, st: dict, latents, i: int, true_cfg_scale: float, fault: str | None,
+                  fbc=None):
+        """Velocity at step i, with true CFG ``v_neg + s·(v − v_neg)`` when it runs; each pass in
+        its own first-block-cache stream when ``fbc`` is given."""
+        from contextlib import nullcontext
+
+        stream = fbc.stream if fbc is not None else (lambda _key: nullcontext())
         transformer = self.c["transformer"]
         timestep = st["timesteps"][i].expand(latents.shape[0]).to(latents.dtype)
         # The transformer multiplies by 1000 again; t/1000 is taken in the latents' dtype.
         model_t = timestep if fault == "timestep_not_divided" else timestep / 1000
         common = dict(hidden_states=latents, timestep=model_t, guidance=st["guidance"],
                       img_ids=st["img_ids"], return_dict=False)
-        v = transformer(pooled_projections=st["pooled"], encoder_hidden_states=st["embeds"],
-                        txt_ids=st["txt_ids"], **common)[0]
+        with stream("cond"):
+            v = transformer(pooled_projections=st["pooled"], encoder_hidden_states=st["embeds"],
+                            txt_ids=st["txt_ids"], **common)[0]
         if st["true_cfg"]:
-            v_neg = transformer(pooled_projections=st["neg_pooled"],
-                                encoder_hidden_states=st["neg_embeds"], txt_ids=st["neg_txt_ids"],
-                                **common)[0]
+            with stream("uncond"):
+                v_neg = transformer(pooled_projections=st["neg_pooled"],
+                                    encoder_hidden_states=st["neg_embeds"],
+                                    txt_ids=st["neg_txt_ids"], **common)[0]
             v = v_neg + true_cfg_scale * (v - v_neg)
         return v
 
@@ -227,9 +240,14 @@ class FluxDenoiser:
         import torch
         from tqdm.auto import tqdm
 
+        from .fbcache import FirstBlockCache, resolve_threshold
+
+        threshold = resolve_threshold(ctx.residual_threshold, self.rules,
+                                      enabled=self.first_block_cache)
+        fbc = FirstBlockCache(self.c["transformer"], threshold)
         t_total = time.perf_counter()
         timings: dict[str, Any] = {}
-        with torch.no_grad():
+        with torch.no_grad(), fbc:
             st = self._prepare(ctx, fault)
             latents = st["latents"]
             initial = latents.float().cpu().numpy().copy() if record_steps else None
@@ -243,7 +261,7 @@ class FluxDenoiser:
                        disable=not self.progress)
             for i in range(count):
                 t_step = time.perf_counter()
-                v = self._velocity(st, latents, i, ctx.true_cfg_scale, fault)
+                v = self._velocity(st, latents, i, ctx.true_cfg_scale, fault, fbc)
                 latents = self._euler(latents, v, sig[i], sig[i + 1],
                                       float(sig_host[i]), float(sig_host[i + 1]))
                 if record_steps:
@@ -261,7 +279,7 @@ class FluxDenoiser:
         return PixelResult(
             images=images, decoded=decoded, final_latents=latents.float().cpu().numpy().copy(),
             timesteps=np.array(ctx.timesteps), step_latents=recorded, initial_latents=initial,
-            timings=timings)
+            timings=timings, cache=fbc.stats())
 
 
 #: The loop class a family module's ``PIPELINE`` points the CLI at.
