@@ -302,13 +302,13 @@ class PixelGenerationTokenizer:
 
         ``fault`` (test-only, one of ``TOKENIZER_FAULTS``) builds a deliberately wrong context.
         """
-        if fault is not None and fault not in TOKENIZER_FAULTS:
+        rules = self.rules
+        build = getattr(rules, "build_context", None)
+        if build is None and fault is not None and fault not in TOKENIZER_FAULTS:
             raise ValueError(
                 f"unknown tokenizer fault {fault!r}; known: {', '.join(TOKENIZER_FAULTS)}")
-        rules = self.rules
         opt = _validate(request, rules)
-        build = getattr(rules, "build_context", None)
-        if build is not None:  # the family prepares its own context from the validated options
+        if build is not None:  # the family prepares its own context (and checks its own faults)
             return build(self, request, opt, fault=fault)
         height, width, steps, seed = opt["height"], opt["width"], opt["steps"], opt["seed"]
         batch = request.num_images_per_prompt
