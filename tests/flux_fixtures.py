@@ -17,15 +17,25 @@ def resolved():
     return resolve(TINY)
 
 
-@functools.lru_cache(maxsize=None)
 def tokenizer(dtype: str = "float32"):
+    """One shared instance per dtype (``tokenizer()`` and ``tokenizer("float32")`` are the same)."""
+    return _tokenizer(dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _tokenizer(dtype: str):
     from harness.tokenizers import PixelGenerationTokenizer
 
     return PixelGenerationTokenizer(resolved(), dtype=dtype)
 
 
-@functools.lru_cache(maxsize=None)
 def denoiser(dtype: str = "float32"):
+    """One shared instance per dtype (``denoiser()`` and ``denoiser("float32")`` are the same)."""
+    return _denoiser(dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _denoiser(dtype: str):
     """The harness loop over the tiny model (one torch thread, as the parity runs assume)."""
     import torch
 
@@ -36,8 +46,13 @@ def denoiser(dtype: str = "float32"):
     return FluxDenoiser.from_folder(resolved().path, tok.rules, dtype=dtype, progress=False)
 
 
-@functools.lru_cache(maxsize=None)
 def reference(dtype: str = "float32"):
+    """One shared instance per dtype (``reference()`` and ``reference("float32")`` are the same)."""
+    return _reference(dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _reference(dtype: str):
     """diffusers' FluxPipeline / FluxImg2ImgPipeline over the very modules ``denoiser`` loaded."""
     from harness.parity.pixel import ReferenceRunner
 
