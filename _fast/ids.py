@@ -1,13 +1,21 @@
 """FLUX.1 image position ids: rows (0, r, c) for each packed token, bit-identical to diffusers."""
 import numpy as np
-from numba import njit
+
+from _fast._aot import backend as _backend
+from _fast._aot import kernel as _kernel
 
 __all__ = ["latent_image_ids"]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-@njit(cache=True)
+@_kernel(
+    exports={
+        "fill_ids_f32": "float32[:,::1](float32[:,::1], int64, int64)",
+        "fill_ids_f64": "float64[:,::1](float64[:,::1], int64, int64)",
+    },
+    cache=True,
+)
 def _fill_ids(out, h2, w2):
     """out[r*w2+c] = (0, r, c); integers are exact in float32 below 2**24."""
     k = 0
@@ -34,4 +42,6 @@ def latent_image_ids(h2, w2, dtype=np.float32):
         raise ValueError(f"dtype must be float32 or float64, got {dt}")
     h2 = int(h2)
     w2 = int(w2)
-    return _fill_ids(np.empty((h2 * w2, 3), dtype=dt), h2, w2)
+    out = np.empty((h2 * w2, 3), dtype=dt)
+    _backend("fill_ids_f32" if dt == np.float32 else "fill_ids_f64")(out, h2, w2)
+    return out

@@ -6,14 +6,18 @@ both sides, so the kernels move 64-bit words (one per pair in float32, two in fl
 payloads included, are copied untouched; every kernel has one uint64 signature.
 """
 import numpy as np
-from numba import njit
+
+from _fast._aot import backend as _backend
+from _fast._aot import kernel as _kernel
 
 __all__ = ["pack_latents", "unpack_latents"]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+_PACK_SIG = "uint64[:,:,::1](uint64[:,:,:,::1], uint64[:,:,::1])"  # (x words, out words) -> out
+_UNPACK_SIG = "uint64[:,:,:,::1](uint64[:,:,::1], uint64[:,:,:,::1])"
 
 
-@njit(cache=True)
+@_kernel(exports={"pack1": _PACK_SIG}, cache=True)
 def _pack1(x, out):
     """float32: x (B, C, h, w/2) words, out (B, (h/2)*(w/2), 2*C) words; out[b, t, 2ch+dy] = x[b, ch, 2r+dy, c].
 
@@ -32,7 +36,7 @@ def _pack1(x, out):
     return out
 
 
-@njit(cache=True)
+@_kernel(exports={"pack2": _PACK_SIG}, cache=True)
 def _pack2(x, out):
     """float64: as ``_pack1`` with two words per pair, x (B, C, h, w), out (B, (h/2)*(w/2), 4*C)."""
     nb, nc, h, w = x.shape
@@ -50,7 +54,7 @@ def _pack2(x, out):
     return out
 
 
-@njit(cache=True)
+@_kernel(exports={"unpack1": _UNPACK_SIG}, cache=True)
 def _unpack1(x, out):
     """Inverse of ``_pack1``: x (B, seq, 2*C) words, out (B, C, h, w/2) words."""
     nb, nc, h, w2 = out.shape
@@ -66,7 +70,7 @@ def _unpack1(x, out):
     return out
 
 
-@njit(cache=True)
+@_kernel(exports={"unpack2": _UNPACK_SIG}, cache=True)
 def _unpack2(x, out):
     """Inverse of ``_pack2``: x (B, seq, 4*C) words, out (B, C, h, w) words."""
     nb, nc, h, w = out.shape
@@ -125,7 +129,7 @@ def pack_latents(x, out=None):
         out = np.empty(shape, dtype=x.dtype)
     else:
         _check_out(out, shape, x.dtype)
-    (_pack1 if x.dtype == np.float32 else _pack2)(_words(x), out.view(np.uint64))
+    _backend("pack1" if x.dtype == np.float32 else "pack2")(_words(x), out.view(np.uint64))
     return out
 
 
@@ -158,5 +162,5 @@ def unpack_latents(x, h, w, out=None):
         out = np.empty(shape, dtype=x.dtype)
     else:
         _check_out(out, shape, x.dtype)
-    (_unpack1 if x.dtype == np.float32 else _unpack2)(_words(x), out.view(np.uint64))
+    _backend("unpack1" if x.dtype == np.float32 else "unpack2")(_words(x), out.view(np.uint64))
     return out

@@ -10,7 +10,9 @@ import math
 import numbers
 
 import numpy as np
-from numba import njit
+
+from _fast._aot import backend as _backend
+from _fast._aot import kernel as _kernel
 
 __all__ = [
     "flow_match_sigmas",
@@ -24,10 +26,12 @@ _EMPTY_F32 = np.empty(0, dtype=np.float32)
 
 
 # --------------------------------------------------------------------------------------------------
-# jitted kernels (trust their inputs; the wrappers below validate)
+# jitted kernels (trust their inputs; the wrappers below validate). ``_kernel`` marks them for
+# ``njit(**options)`` and, via ``exports``, for the ahead-of-time extension (see ``_fast._aot``) with
+# the exact argument types the wrappers pass; the wrappers call them through ``_backend(entry)``.
 
 
-@njit(cache=True, error_model="numpy")
+@_kernel(cache=True, error_model="numpy")
 def _base_into(n, custom, use_custom, work):
     """work[:n] = custom, or float32(np.linspace(1.0, 1/n, n)) computed exactly as numpy does."""
     if use_custom:
@@ -45,7 +49,7 @@ def _base_into(n, custom, use_custom, work):
     work[n - 1] = np.float32(stop)  # numpy sets the endpoint exactly
 
 
-@njit(cache=True, error_model="numpy")
+@_kernel(cache=True, error_model="numpy")
 def _shift_into(work, n, dynamic, a64, shift64, shift_m1_64, use_terminal, one_minus_terminal64):
     """Shift work[:n] in place in float32: dynamic a/(a + (1/t - 1)), static shift*t/(1 + (shift-1)*t).
 
@@ -71,7 +75,11 @@ def _shift_into(work, n, dynamic, a64, shift64, shift_m1_64, use_terminal, one_m
             work[i] = one - ((one - work[i]) / scale)
 
 
-@njit(cache=True, error_model="numpy")
+@_kernel(
+    exports={"finish_into": "none(float32[::1], int64, boolean, float64, float32[::1], float32[::1])"},
+    cache=True,
+    error_model="numpy",
+)
 def _finish_into(work, n, invert, num_train64, timesteps, sigmas):
     """timesteps = s * num_train (float32); sigmas = append(s, 0), or with invert s = 1 - s, append 1."""
     one = np.float32(1.0)
@@ -90,7 +98,14 @@ def _finish_into(work, n, invert, num_train64, timesteps, sigmas):
         sigmas[n] = np.float32(0.0)
 
 
-@njit(cache=True, error_model="numpy")
+@_kernel(
+    exports={
+        "schedule": "none(int64, float32[::1], boolean, boolean, float64, float64, float64, boolean, float64,"
+        " boolean, float64, float32[::1], float32[::1])"
+    },
+    cache=True,
+    error_model="numpy",
+)
 def _schedule(
     n, custom, use_custom, dynamic, a, shift, shift_m1, use_terminal, one_minus_terminal, invert,
     num_train, timesteps, sigmas,
@@ -101,14 +116,21 @@ def _schedule(
     _finish_into(sigmas, n, invert, num_train, timesteps, sigmas)
 
 
-@njit(cache=True, error_model="numpy")
+@_kernel(
+    exports={
+        "shifted": "none(int64, float32[::1], boolean, boolean, float64, float64, float64, boolean, float64,"
+        " float32[::1])"
+    },
+    cache=True,
+    error_model="numpy",
+)
 def _shifted(n, custom, use_custom, dynamic, a, shift, shift_m1, use_terminal, one_minus_terminal, work):
     """Base + shift + terminal stretch only (the re-spacing options continue in numpy)."""
     _base_into(n, custom, use_custom, work)
     _shift_into(work, n, dynamic, a, shift, shift_m1, use_terminal, one_minus_terminal)
 
 
-@njit(cache=True)
+@_kernel(exports={"euler": "float32[::1](float32[::1], float32[::1], float64, float64, float32[::1])"}, cache=True)
 def _euler(sample, model_output, sigma64, sigma_next64, out):
     """out = sample + (sigma_next - sigma) * model_output, all float32, mul and add rounded separately."""
     dt = np.float32(sigma_next64) - np.float32(sigma64)
@@ -224,14 +246,14 @@ def flow_match_sigmas(
     out_sigmas = np.empty(n + 1, dtype=np.float32)
 
     if not (use_karras_sigmas or use_exponential_sigmas):
-        _schedule(n, custom, use_custom, dynamic, a, shift, shift_m1, use_terminal, omt, invert,
-                  num_train, timesteps, out_sigmas)
+        _backend("schedule")(n, custom, use_custom, dynamic, a, shift, shift_m1, use_terminal, omt, invert,
+                             num_train, timesteps, out_sigmas)
         return timesteps, out_sigmas
 
     # Karras / exponential re-spacing: float64 numpy exactly as diffusers writes it (numpy's
     # vectorised pow/exp/log may differ from libm, so this part stays in numpy on purpose).
     work = np.empty(n, dtype=np.float32)
-    _shifted(n, custom, use_custom, dynamic, a, shift, shift_m1, use_terminal, omt, work)
+    _backend("shifted")(n, custom, use_custom, dynamic, a, shift, shift_m1, use_terminal, omt, work)
     sigma_min = work[-1].item()
     sigma_max = work[0].item()
     if use_karras_sigmas:
@@ -251,7 +273,7 @@ def flow_match_sigmas(
             )
         res = np.exp(np.linspace(math.log(sigma_max), math.log(sigma_min), n))
     work = np.ascontiguousarray(res.astype(np.float32))
-    _finish_into(work, n, invert, num_train, timesteps, out_sigmas)
+    _backend("finish_into")(work, n, invert, num_train, timesteps, out_sigmas)
     return timesteps, out_sigmas
 
 
@@ -336,7 +358,7 @@ def euler_step(sample, model_output, sigma, sigma_next, out=None):
         )
     elif not out.flags.c_contiguous or not out.flags.writeable:
         raise ValueError("out must be a writeable C-contiguous array")
-    _euler(
+    _backend("euler")(
         np.ascontiguousarray(sample).reshape(-1),
         np.ascontiguousarray(model_output).reshape(-1),
         s,

@@ -2,21 +2,28 @@
 
 Usage:  PYTHONPATH=. python bench/first_call_cost.py [--variant NAME ...] [--runs 2] [--overlap-ms 400]
 
-For each variant the script first warms numba's on-disk cache (one throw-away process), then spawns
-``--runs`` fresh processes that each time, separately, ``import numpy`` (reported, not counted), the
-imports the kernels need, and the first and second call of every kernel with FLUX.1 1024² shapes.
-Variants (all call the real kernel bodies of ``_fast``):
+For each variant the script first warms the caches (one throw-away process; for ``shipped`` it also waits
+for the background AOT build to land), then spawns ``--runs`` fresh processes that each time, separately,
+``import numpy`` (reported, not counted), the imports the kernels need, and the first and second call of
+every kernel with FLUX.1 1024² shapes. Variants (all call the real kernel bodies of ``_fast``):
 
-  baseline    ``from _fast import ...``; lazy ``@njit(cache=True)`` dispatchers (what ships).
-  eager       the same Python functions re-wrapped as ``@njit(<explicit signature>, cache=True)``:
+  shipped     what ships: ``from _fast import ...`` with the ahead-of-time extension that ``_fast._aot``
+              builds in the background at first use (cache: ``--fast-cache``, by default a folder in the
+              temp dir, passed as HARNESS_FAST_CACHE); the measured processes never import numba.
+  baseline    the numba JIT path (``HARNESS_FAST_AOT=0``): lazy ``@njit(cache=True)`` dispatchers.
+  eager       JIT path with the same Python functions re-wrapped as ``@njit(<explicit signature>, cache=True)``:
               numba loads the cached machine code when the decorator runs, i.e. inside the import.
   background  baseline, plus a daemon thread started right after the import that makes one tiny call
               per kernel, while the main thread does ``--overlap-ms`` of GIL-free "other start-up work"
               (a sleep standing in for loading weights / tokenizers; ``--overlap-import torch`` makes it a
               GIL-holding import instead) before its first calls.
-  aot         the kernel bodies compiled ahead of time into a CPython extension with ``numba.pycc``
-              (built once into a temp dir; pending deprecation in numba); the measured process imports
-              that extension and never imports numba.
+  aot         the prototype of ``shipped``: the float32 kernel bodies compiled with ``numba.pycc`` into a
+              temp dir and called through a bare shim without the wrappers' validation.
+
+Each run prints ``backend`` (``aot`` or ``jit``: how ``_fast._aot`` resolved the kernels) and a digest of
+all outputs, which must be the same for every variant. Note that with PYTHONDONTWRITEBYTECODE set (as in
+some sandboxes) every process also compiles the ``_fast`` sources; ``--env PYTHONDONTWRITEBYTECODE=``
+measures with bytecode caching as on a normal install.
 
 Times are wall-clock milliseconds (``time.perf_counter``); the machine's other load shows up in them,
 so compare medians of several runs.
@@ -25,9 +32,11 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,8 +84,10 @@ timed("empirical_mu", empirical_mu, 4096, 28)
 ts, sg = flow_match_sigmas(28)
 timed("trim_for_strength", trim_for_strength, ts, sg, 28, 0.6)
 timed("euler_step", euler_step, tok, tok, 1.0, 0.9)
+_aot = sys.modules.get("_fast._aot")
 print(json.dumps(dict(numpy=t_numpy * 1e3, imports=t_imp * 1e3, first=first, second=second,
-                      numba_imported="numba" in sys.modules, outputs_sha256=digest.hexdigest()[:16], **extra)))
+                      numba_imported="numba" in sys.modules, outputs_sha256=digest.hexdigest()[:16],
+                      backend=_aot.status()["mode"] if _aot else None, **extra)))
 """
 
 BASELINE = """
@@ -91,10 +102,17 @@ EAGER = """
 t0 = T()
 import numba
 import _fast.latents as latents, _fast.ids as ids, _fast.schedules as schedules
+from _fast import _aot
 SIGS = %(sigs)r
 for (mod, name), sig in SIGS.items():
-    m = {"latents": latents, "ids": ids, "schedules": schedules}[mod]
-    setattr(m, name, numba.njit(sig, cache=True)(getattr(m, name).py_func))  # loads the cache entry now
+    full = "_fast." + mod
+    lazy = _aot._jit_module(full)[name]  # lazy dispatchers for all (jitted callees resolve through them)
+    eager = numba.njit(sig, cache=True)(lazy.py_func)  # loads the cache entry now
+    setattr(sys.modules[full], name, eager)
+    for entry, (m, n, _) in _aot._EXPORTS.items():
+        if (m, n) == (full, name):
+            _aot._backends[entry] = eager  # what the wrappers call
+_aot._status.update(mode="jit", reason="eager signatures (bench)")
 from _fast import (pack_latents, unpack_latents, latent_image_ids, flow_match_sigmas, calculate_shift,
                    empirical_mu, trim_for_strength, euler_step)
 t_imp = T() - t0
@@ -124,7 +142,7 @@ extra = dict(other_work=%(overlap_import)r or "sleep", other_work_ms=(T() - s) *
 AOT = """
 t0 = T()
 sys.path.insert(0, %(aot_dir)r)
-from _fast.schedules_pure import calculate_shift, empirical_mu, trim_for_strength
+from _fast.schedules import calculate_shift, empirical_mu, trim_for_strength  # plain Python, no numba
 from fast_aot_shim import pack_latents, unpack_latents, latent_image_ids, flow_match_sigmas, euler_step
 t_imp = T() - t0
 extra = {}
@@ -170,19 +188,19 @@ def euler_step(s, v, sigma, sigma_next):
 AOT_BUILD = """
 import sys, numba
 from numba.pycc import CC
-import _fast.latents as latents, _fast.ids as ids, _fast.schedules as schedules
+import _fast.latents, _fast.ids, _fast.schedules
+from _fast import _aot
 SIGS = %(sigs)r
 cc = CC("fast_aot")
 cc.output_dir = %(aot_dir)r
 for (mod, name), sig in SIGS.items():
-    m = {"latents": latents, "ids": ids, "schedules": schedules}[mod]
-    cc.export(name.lstrip("_"), sig)(getattr(m, name).py_func)
+    cc.export(name.lstrip("_"), sig)(_aot._jit_module("_fast." + mod)[name].py_func)
 cc.compile()
 """
 
 
 def script(variant, overlap_ms, aot_dir, overlap_import=None):
-    if variant == "baseline":
+    if variant in ("baseline", "shipped"):
         body = BASELINE
     elif variant == "eager":
         body = EAGER % {"sigs": SIGNATURES}
@@ -216,38 +234,61 @@ def prepare_aot(aot_dir, env):
             raise SystemExit(f"pycc build failed:\n{proc.stderr[-3000:]}")
         stamp.write_text(digest)
     Path(aot_dir, "fast_aot_shim.py").write_text(AOT_SHIM)
-    # calculate_shift / empirical_mu / trim_for_strength are plain Python in _fast.schedules, but that module
-    # imports numba at the top; the AOT process loads the same source with numba stubbed out
-    pkg = Path(aot_dir, "_fast")
-    pkg.mkdir(exist_ok=True)
-    Path(pkg, "__init__.py").write_text("")
-    src = Path(ROOT, "_fast", "schedules.py").read_text()
-    stub = "def njit(*a, **k):\n    return (lambda f: f) if not (a and callable(a[0])) else a[0]\n"
-    Path(pkg, "schedules_pure.py").write_text(src.replace("from numba import njit\n", stub))
+    stale = Path(aot_dir, "_fast")  # an older version of this script put a stub package here
+    if stale.is_dir():
+        shutil.rmtree(stale)
+
+
+def prepare_shipped(cache, code, env, timeout=600.0):
+    """Run one process on an empty/old cache (it starts the background build) and wait for the build to land."""
+    sys.path.insert(0, str(ROOT))
+    from _fast import _aot
+
+    key = _aot.current_key()
+    ext = Path(cache, key, _aot.MODULE_NAME + _aot.machinery.EXTENSION_SUFFIXES[0])
+    failed = Path(cache, key, _aot.FAILED)
+    t0 = time.perf_counter()
+    r = run(code, env)
+    print(f"== shipped: cache {cache}, key {key}; warm-up process backend: {r['backend']}")
+    while not ext.exists():
+        if failed.exists():
+            raise SystemExit(f"AOT build failed ({failed}):\n{failed.read_text()[-3000:]}")
+        if time.perf_counter() - t0 > timeout:
+            raise SystemExit(f"AOT build did not land in {timeout:.0f} s; see {ext.parent / _aot.BUILD_LOG}")
+        time.sleep(0.2)
+    print(f"   AOT extension landed {time.perf_counter() - t0:.1f} s after the warm-up process started")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--variant", action="append", choices=["baseline", "eager", "background", "aot"])
+    ap.add_argument("--variant", action="append", choices=["shipped", "baseline", "eager", "background", "aot"])
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--overlap-ms", type=float, default=400.0)
     ap.add_argument("--overlap-import", metavar="MODULE", default=None,
                     help="background variant: import MODULE (e.g. torch) as the other start-up work instead of sleeping")
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                     help="extra environment for the measured processes (e.g. NUMBA_DISABLE_INTEL_SVML=1)")
+    ap.add_argument("--fast-cache", default=str(Path(tempfile.gettempdir()) / "harness-first-call-shipped"),
+                    help="shipped variant: the AOT cache folder (HARNESS_FAST_CACHE of the measured processes)")
     args = ap.parse_args()
-    variants = args.variant or ["baseline", "eager", "background", "aot"]
+    variants = args.variant or ["shipped", "baseline", "eager", "background", "aot"]
     env = dict(os.environ)
+    env.pop("HARNESS_FAST_CACHE", None)
+    env.pop("NUMBA_DISABLE_JIT", None)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     env.update(kv.split("=", 1) for kv in args.env)
     aot_dir = str(Path(tempfile.gettempdir()) / "harness-first-call-aot")
     Path(aot_dir).mkdir(exist_ok=True)
     for variant in variants:
-        venv = env
+        venv = dict(env, HARNESS_FAST_AOT="0")  # the numba JIT variants
+        code = script(variant, args.overlap_ms, aot_dir, args.overlap_import)
         if variant == "aot":
             prepare_aot(aot_dir, env)
-            venv = dict(env, PYTHONPATH=os.pathsep.join([aot_dir, env["PYTHONPATH"]]))
-        code = script(variant, args.overlap_ms, aot_dir, args.overlap_import)
+            venv["PYTHONPATH"] = os.pathsep.join([aot_dir, env["PYTHONPATH"]])
+        if variant == "shipped":
+            venv = dict(env, HARNESS_FAST_CACHE=args.fast_cache)
+            venv.pop("HARNESS_FAST_AOT", None)
+            prepare_shipped(args.fast_cache, code, venv)
         run(code, venv)  # cache warm-up (compiles and saves on a cold cache)
         print(f"== {variant}")
         for i in range(args.runs):
