@@ -242,15 +242,22 @@ def compare(ours, ref: ReferenceResult, tolerance: float = CLOSE_TOLERANCE) -> d
                  and np.array_equal(ours.final_latents, ref.final_latents))
     img_equal = ours.images.shape == ref.images.shape and np.array_equal(ours.images, ref.images)
     lat_diff = max_abs_diff(ours.final_latents, ref.final_latents)
+    note = None
     if lat_equal and img_equal:
         verdict = "bitwise"
+    elif lat_equal:
+        # Identical latents must decode to identical images: the decode path itself differs.
+        verdict = "mismatch"
+        note = "final latents are identical but the images differ: the decode paths disagree"
     elif lat_diff is not None and lat_diff <= tolerance:
         verdict = "close"
+        note = f"final latents within {tolerance:g} but not bitwise"
     else:
         verdict = "mismatch"
     psnr = psnr_db(ours.images, ref.images)
     return {
         "verdict": verdict,
+        "verdict_note": note,
         "close_tolerance": tolerance,
         "final_latents_bitwise": lat_equal,
         "final_latents_max_abs_diff": lat_diff,
