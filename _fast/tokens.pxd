@@ -54,3 +54,5 @@ cdef class ContextCore:
     cpdef void _validate_state(self)
     cdef bint _pending_placeholder(self)
     cdef void _refresh_status(self)
+    cdef bint _advance_chunk_if_chunked(self) except -1
+    cdef void _append(self, int64_t token)

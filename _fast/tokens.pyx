@@ -642,47 +642,50 @@ cdef class ContextCore:
         elif tb._end - tb._offset >= self._max_length:
             self._status = _MAXLEN
 
+    cdef bint _advance_chunk_if_chunked(self) except -1:
+        """During chunked prefill an update only moves to the next chunk (True when it did)."""
+        cdef TokenBuffer tb = self._tokens
+        if not tb._chunked:
+            return False
+        tb.advance_chunk()
+        if self._n_images:
+            self._validate_state()
+        return True
+
+    cdef void _append(self, int64_t token):
+        """Append a generated token (or placeholder), then refresh status and vision state."""
+        self._tokens.advance_with_token(token)
+        self._refresh_status()
+        self._initial = False
+        if self._n_images:
+            self._validate_state()
+
     def update(self, int64_t new_token, log_probabilities=None):
         """Record one sampled token (or finish a prefill chunk) and refresh the status.
 
         While chunked the token is dropped and the next chunk becomes active.
         """
-        cdef TokenBuffer tb = self._tokens
-        if tb._chunked:
-            tb.advance_chunk()
-            if self._n_images:
-                self._validate_state()
+        if self._advance_chunk_if_chunked():
             return
+        cdef TokenBuffer tb = self._tokens
         if tb._len > tb._prompt_len and tb._data[tb._len - 1] == _FUTURE:
             raise ValueError(
                 f"cannot append token {new_token}: a future-token placeholder ({_FUTURE}) is "
                 f"pending; call realize_future_token() first")
         if log_probabilities is not None:
             self._lp_data[tb._len] = log_probabilities
-        tb.advance_with_token(new_token)
-        self._refresh_status()
-        self._initial = False
+        self._append(new_token)
         if self._matcher_obj is not None and new_token != _FUTURE:
             self._matcher_obj.consume_token(new_token)
-        if self._n_images:
-            self._validate_state()
 
     def update_with_future_token(self):
         """Append the FUTURE_TOKEN placeholder (overlap scheduling); while chunked only advance."""
-        cdef TokenBuffer tb = self._tokens
-        if tb._chunked:
-            tb.advance_chunk()
-            if self._n_images:
-                self._validate_state()
+        if self._advance_chunk_if_chunked():
             return
         if self._pending_placeholder():
             raise ValueError(
                 f"a future-token placeholder ({_FUTURE}) is already pending; realize it first")
-        tb.advance_with_token(_FUTURE)
-        self._refresh_status()
-        self._initial = False
-        if self._n_images:
-            self._validate_state()
+        self._append(_FUTURE)
 
     def realize_future_token(self, int64_t new_token, log_probabilities=None):
         """Overwrite the pending placeholder with the real token and re-check EOS."""
