@@ -1,0 +1,322 @@
+"""The Qwen-Image denoise loop (text-to-image and edit) over a PixelContext, model components only.
+
+Prompt embeddings are the Qwen2.5-VL last hidden state with the template prefix dropped; the
+transformer gets ``timestep / 1000`` and the image grids read back from the context's ids; true
+CFG is ``comb = v_neg + s·(v − v_neg)`` rescaled per token to the conditional norm (``torch.norm``,
+as the pipeline); edit models append the VAE latents of the conditioning images after the noise
+tokens and keep the first ``seq`` outputs. Decoding divides by the reciprocal of ``latents_std``,
+exactly like QwenImagePipeline. Layout constants come from the family rules. A first-block cache
+(``fbcache``) runs when the context has a ``residual_threshold``, or at the family default when
+``first_block_cache`` is switched on; streams "cond" / "uncond", as the pipelines name them.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from harness.context import PixelContext
+from harness.pipelines.flux import PixelResult, _sync
+
+__all__ = ["QwenImageDenoiser", "Denoiser", "PixelResult", "LOOP_FAULTS"]
+
+#: Deliberately wrong variants, for the parity tests' negative controls only.
+LOOP_FAULTS = ("no_norm_rescale", "decode_multiply_std", "timestep_not_divided")
+
+
+class QwenImageDenoiser:
+    """Runs PixelContexts of one loaded Qwen-Image(-Edit) model (CPU or CUDA, float32/bfloat16)."""
+
+    def __init__(self, components: dict, rules, *, device: str = "cpu", dtype: str = "float32",
+                 progress: bool = True, first_block_cache: bool = False):
+        import torch
+
+        from models.flux1 import torch_dtype
+
+        self.c = components
+        self.rules = rules
+        self.device = torch.device(device)
+        self.dtype = torch_dtype(dtype)
+        self.progress = progress
+        #: Run the first-block cache at the family default when a request gives no threshold.
+        self.first_block_cache = first_block_cache
+        # The numba kernels are exact float32 data movement / arithmetic on host memory.
+        self._host_f32 = self.device.type == "cpu" and self.dtype == torch.float32
+        self.load_s = 0.0
+
+    @classmethod
+    def from_folder(cls, folder, rules, *, device: str = "cpu", dtype: str = "float32",
+                    progress: bool = True, first_block_cache: bool = False) -> "QwenImageDenoiser":
+        """Load the components of ``folder`` and time it (``load_s``)."""
+        from models.qwen_image import load_components
+
+        t0 = time.perf_counter()
+        comps = load_components(folder, device=device, dtype=dtype)
+        _sync(device)
+        self = cls(comps, rules, device=device, dtype=dtype, progress=progress,
+                   first_block_cache=first_block_cache)
+        self.load_s = time.perf_counter() - t0
+        return self
+
+    # ---------------------------------------------------------------------------------- layout
+    def _pack(self, x):
+        """(B, C, 1, h, w) or (B, 1, C, h, w) → (B, seq, 4C) (QwenImagePipeline._pack_latents)."""
+        import torch
+
+        b, h, w = x.shape[0], x.shape[-2], x.shape[-1]
+        c = x.shape[1] * x.shape[2]
+        if self._host_f32:
+            from _fast import pack_latents
+
+            return torch.from_numpy(pack_latents(np.ascontiguousarray(x.numpy()).reshape(
+                b, c, h, w)))
+        x = x.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
+        return x.reshape(b, (h // 2) * (w // 2), c * 4)
+
+    def _unpack(self, x, h: int, w: int):
+        """Tokens → (B, C, 1, h, w) (QwenImagePipeline._unpack_latents)."""
+        import torch
+
+        if self._host_f32:
+            from _fast import qwen_unpack_latents
+
+            return torch.from_numpy(qwen_unpack_latents(x.numpy(), h, w))
+        b, _, f = x.shape
+        x = x.view(b, h // 2, w // 2, f // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
+        return x.reshape(b, f // 4, 1, h, w)
+
+    def _euler(self, x, v, sigma, sigma_next, s: float, s_next: float):
+        """FlowMatchEulerDiscreteScheduler.step: ``(x.float() + dt·v).to(v.dtype)``, dt float32."""
+        import torch
+
+        if self._host_f32:
+            from _fast import euler_step
+
+            return torch.from_numpy(euler_step(x.numpy(), v.numpy(), s, s_next))
+        dt = sigma_next - sigma  # 0-d float32: dt·v stays in v's dtype (no promotion)
+        return (x.to(torch.float32) + dt * v).to(v.dtype)
+
+    # ---------------------------------------------------------------------------------- inputs
+    def encode_prompt(self, tokens: np.ndarray, drop: int, n: int, extra: dict):
+        """(n, L − drop, D) prompt embeddings as QwenImage*Pipeline.encode_prompt makes them."""
+        import torch
+
+        te = self.c["text_encoder"]
+        ids = torch.from_numpy(np.array(tokens, dtype=np.int64))[None].to(self.device)
+        kw: dict[str, Any] = {}
+        if "pixel_values" in extra:  # the edit pipelines feed the processor's image inputs too
+            kw["pixel_values"] = torch.from_numpy(extra["pixel_values"]).to(self.device)
+            kw["image_grid_thw"] = torch.from_numpy(extra["image_grid_thw"]).to(self.device)
+        out = te(input_ids=ids, attention_mask=torch.ones_like(ids), output_hidden_states=True,
+                 **kw)
+        embeds = out.hidden_states[-1][:, drop:].to(dtype=te.dtype, device=self.device)
+        seq = embeds.shape[1]
+        return embeds.repeat(1, n, 1).view(n, seq, -1)
+
+    def _condition_latents(self, ctx: PixelContext, n: int):
+        """Packed VAE latents of the conditioning images, ``(z_mode − mean) / std`` as
+        QwenImageEdit(Plus)Pipeline._encode_vae_image, concatenated along the tokens."""
+        import torch
+
+        vae = self.c["vae"]
+        z_dim = vae.config.z_dim
+        packed = []
+        for pixels in ctx.vae_condition_images:
+            # An NCHW view of NHWC pixels, as VaeImageProcessor makes it (the strides select the
+            # convolution path, hence the bits), plus the frame axis the pipeline unsqueezes.
+            pixels = np.asarray(pixels, dtype=np.float32)
+            image = torch.empty(pixels.shape, dtype=torch.float32).copy_(torch.from_numpy(pixels))
+            image = image.permute(0, 3, 1, 2).unsqueeze(2).to(device=self.device, dtype=self.dtype)
+            z = vae.encode(image).latent_dist.mode()
+            mean = torch.tensor(vae.config.latents_mean).view(1, z_dim, 1, 1, 1).to(z.device,
+                                                                                    z.dtype)
+            std = torch.tensor(vae.config.latents_std).view(1, z_dim, 1, 1, 1).to(z.device, z.dtype)
+            z = (z - mean) / std
+            if n > z.shape[0]:
+                z = torch.cat([z] * (n // z.shape[0]), dim=0)
+            packed.append(self._pack(z.cpu() if self._host_f32 else z).to(self.device))
+        return torch.cat(packed, dim=1)
+
+    def _shapes(self, ctx: PixelContext) -> list[tuple[int, int, int]]:
+        """The img_shapes the transformer builds its rope from, read back from the context's ids
+        (and checked to rebuild them exactly), plus consistency with the latents."""
+        from _fast import qwen_image_ids
+
+        from models.qwen_image import shapes_from_ids
+
+        ids = np.asarray(ctx.latent_image_ids)
+        shapes = shapes_from_ids(ids)
+        if not np.array_equal(qwen_image_ids(shapes), ids):
+            raise ValueError("latent_image_ids are not the centred Qwen-Image grid of "
+                             f"{shapes} (the transformer's rope could not match them)")
+        h, w = self.rules.latent_size(ctx.height, ctx.width)
+        if shapes[0][1:] != (h // 2, w // 2) or ctx.latents.shape[1] != (h // 2) * (w // 2):
+            raise ValueError(f"the first image grid {shapes[0]} does not match {ctx.height}x"
+                             f"{ctx.width} and latents {ctx.latents.shape}")
+        n_cond = len(ctx.vae_condition_images or [])
+        if len(shapes) != 1 + n_cond:
+            raise ValueError(f"the ids hold {len(shapes) - 1} conditioning grids for {n_cond} "
+                             f"conditioning images")
+        return shapes
+
+    @staticmethod
+    def _check_text_ids(name: str, ids: np.ndarray, length: int, shapes) -> None:
+        from _fast import qwen_text_ids
+
+        if not np.array_equal(np.asarray(ids), qwen_text_ids(length, shapes)):
+            raise ValueError(f"{name} are not the Qwen-Image text positions of {length} tokens "
+                             f"after {shapes}")
+
+    def _prepare(self, ctx: PixelContext, fault: str | None, *, encode_images: bool = True) -> dict:
+        """Everything the steps reuse: embeddings, image grids, schedule, start latents."""
+        import torch
+
+        n = ctx.num_images_per_prompt
+        extra = ctx.extra_model_args
+        drop = int(extra["drop_idx"])
+        shapes = self._shapes(ctx)
+        st: dict[str, Any] = {"true_cfg": ctx.negative_tokens is not None,
+                              "img_shapes": [shapes]}
+        st["embeds"] = self.encode_prompt(ctx.tokens.all, drop, n, extra)
+        self._check_text_ids("text_ids", ctx.text_ids, st["embeds"].shape[1], shapes)
+        if st["true_cfg"]:
+            st["neg_embeds"] = self.encode_prompt(ctx.negative_tokens.all, drop, n, extra)
+            self._check_text_ids("negative_text_ids", ctx.negative_text_ids,
+                                 st["neg_embeds"].shape[1], shapes)
+        dtype = st["embeds"].dtype  # prepare_latents uses the prompt-embedding dtype
+        st["latents"] = torch.from_numpy(ctx.latents).to(device=self.device, dtype=dtype)
+        st["cond"] = None
+        if ctx.vae_condition_images:
+            if encode_images:
+                st["cond"] = self._condition_latents(ctx, n).to(dtype)
+            else:  # warm-up: the right shapes are enough
+                count = sum(f * h * w for f, h, w in shapes[1:])
+                st["cond"] = torch.zeros((n, count, ctx.latents.shape[2]), dtype=dtype,
+                                         device=self.device)
+        st["timesteps"] = torch.from_numpy(ctx.timesteps).to(self.device)
+        st["sigmas"] = torch.from_numpy(ctx.sigmas).to(self.device)
+        return st
+
+    def _velocity(self, st: dict, latents, i: int, true_cfg_scale: float, fault: str | None,
+                  fbc=None):
+        """Velocity at step i; with true CFG the combination rescaled to the conditional norm.
+        Each pass runs in its own first-block-cache stream when ``fbc`` is given."""
+        from contextlib import nullcontext
+
+        import torch
+
+        stream = fbc.stream if fbc is not None else (lambda _key: nullcontext())
+        transformer = self.c["transformer"]
+        model_in = latents if st["cond"] is None else torch.cat([latents, st["cond"]], dim=1)
+        timestep = st["timesteps"][i].expand(latents.shape[0]).to(latents.dtype)
+        model_t = timestep if fault == "timestep_not_divided" else timestep / 1000
+        common = dict(hidden_states=model_in, timestep=model_t, guidance=None,
+                      encoder_hidden_states_mask=None, img_shapes=st["img_shapes"],
+                      attention_kwargs={}, return_dict=False)
+        seq = latents.shape[1]
+        with stream("cond"):
+            v = transformer(encoder_hidden_states=st["embeds"], **common)[0][:, :seq]
+        if not st["true_cfg"]:
+            return v
+        with stream("uncond"):
+            v_neg = transformer(encoder_hidden_states=st["neg_embeds"], **common)[0][:, :seq]
+        comb = v_neg + true_cfg_scale * (v - v_neg)
+        if fault == "no_norm_rescale":
+            return comb
+        cond_norm = torch.norm(v, dim=-1, keepdim=True)
+        comb_norm = torch.norm(comb, dim=-1, keepdim=True)
+        return comb * (cond_norm / comb_norm)
+
+    def _decode(self, latents, ctx: PixelContext, fault: str | None):
+        """unpack → ``x / (1/latents_std) + latents_mean`` → VAE (first frame) →
+        ``(x·0.5+0.5).clamp(0,1)`` → uint8, as QwenImagePipeline and VaeImageProcessor do."""
+        import torch
+
+        vae = self.c["vae"]
+        z_dim = vae.config.z_dim
+        h, w = self.rules.latent_size(ctx.height, ctx.width)
+        x = self._unpack(latents, h, w).to(vae.device).to(vae.dtype)
+        mean = torch.tensor(vae.config.latents_mean).view(1, z_dim, 1, 1, 1).to(x.device, x.dtype)
+        if fault == "decode_multiply_std":
+            std = torch.tensor(vae.config.latents_std).view(1, z_dim, 1, 1, 1).to(x.device,
+                                                                                 x.dtype)
+            x = x * std + mean
+        else:
+            recip = 1.0 / torch.tensor(vae.config.latents_std).view(1, z_dim, 1, 1, 1).to(
+                x.device, x.dtype)
+            x = x / recip + mean
+        image = vae.decode(x, return_dict=False)[0][:, :, 0]
+        image = (image * 0.5 + 0.5).clamp(0, 1)
+        decoded = image.cpu().permute(0, 2, 3, 1).float().numpy()
+        return (decoded * 255).round().astype(np.uint8), decoded
+
+    # ---------------------------------------------------------------------------------- run
+    def warm_up(self, ctx: PixelContext) -> float:
+        """One untimed step on the request's shapes (first-call costs, kernel cache loads), without
+        the VAE (conditioning latents are zeros of the right shape); returns seconds."""
+        import torch
+
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            st = self._prepare(ctx, None, encode_images=False)
+            x = st["latents"]
+            v = self._velocity(st, x, 0, ctx.true_cfg_scale, None)
+            x = self._euler(x, v, st["sigmas"][0], st["sigmas"][1], float(ctx.sigmas[0]),
+                            float(ctx.sigmas[1]))
+            self._unpack(x, *self.rules.latent_size(ctx.height, ctx.width))
+        _sync(self.device)
+        return time.perf_counter() - t0
+
+    def __call__(self, ctx: PixelContext, *, record_steps: bool = False,
+                 fault: str | None = None) -> PixelResult:
+        """Denoise ``ctx`` and decode; ``fault`` (test-only, one of LOOP_FAULTS) breaks one rule."""
+        if fault is not None and fault not in LOOP_FAULTS:
+            raise ValueError(f"unknown loop fault {fault!r}; known: {', '.join(LOOP_FAULTS)}")
+        import torch
+        from tqdm.auto import tqdm
+
+        from .fbcache import FirstBlockCache, resolve_threshold
+
+        threshold = resolve_threshold(ctx.residual_threshold, self.rules,
+                                      enabled=self.first_block_cache)
+        fbc = FirstBlockCache(self.c["transformer"], threshold)
+        t_total = time.perf_counter()
+        timings: dict[str, Any] = {}
+        with torch.no_grad(), fbc:
+            st = self._prepare(ctx, fault)
+            latents = st["latents"]
+            initial = latents.float().cpu().numpy().copy() if record_steps else None
+            _sync(self.device)
+            timings["prepare_s"] = time.perf_counter() - t_total
+
+            sig, sig_host = st["sigmas"], ctx.sigmas
+            steps_s, recorded = [], []
+            count = len(ctx.timesteps)
+            bar = tqdm(total=count, desc="denoise", unit="step", leave=False,
+                       disable=not self.progress)
+            for i in range(count):
+                t_step = time.perf_counter()
+                v = self._velocity(st, latents, i, ctx.true_cfg_scale, fault, fbc)
+                latents = self._euler(latents, v, sig[i], sig[i + 1],
+                                      float(sig_host[i]), float(sig_host[i + 1]))
+                if record_steps:
+                    recorded.append(latents.float().cpu().numpy().copy())
+                _sync(self.device)
+                steps_s.append(time.perf_counter() - t_step)
+                bar.update()
+            bar.close()
+            timings["steps_s"] = steps_s
+
+            t0 = time.perf_counter()
+            images, decoded = self._decode(latents, ctx, fault)
+            timings["decode_s"] = time.perf_counter() - t0
+        timings["total_s"] = time.perf_counter() - t_total
+        return PixelResult(
+            images=images, decoded=decoded, final_latents=latents.float().cpu().numpy().copy(),
+            timesteps=np.array(ctx.timesteps), step_latents=recorded, initial_latents=initial,
+            timings=timings, cache=fbc.stats())
+
+
+#: The loop class a family module's ``PIPELINE`` points the CLI at.
+Denoiser = QwenImageDenoiser
