@@ -47,8 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     img.add_argument("--width", type=int, default=None, help="pixels (model default if omitted)")
     img.add_argument("--steps", type=int, default=None, help="denoising steps")
     img.add_argument("--guidance-scale", type=float, default=None)
-    img.add_argument("--true-cfg-scale", type=float, default=1.0,
-                     help="> 1 with --negative-prompt runs true classifier-free guidance")
+    img.add_argument("--true-cfg-scale", type=float, default=None,
+                     help="> 1 with --negative-prompt runs true classifier-free guidance "
+                          "(default: the model's own, 1.0 for FLUX.1, 4.0 for Qwen-Image)")
     img.add_argument("--num-images", type=int, default=1, help="images per prompt")
     img.add_argument("--strength", type=float, default=None,
                      help="img2img strength in (0, 1] (default 0.6)")
@@ -140,6 +141,8 @@ def _image_request(args, rules, seed: int):
 
     images = args.image or []
     conditioning = getattr(rules, "image_role", "img2img") == "conditioning"
+    if images and rules.max_input_images == 0:
+        raise RequestError(f"this model takes no --image, got {len(images)}")
     if len(images) > rules.max_input_images:
         raise RequestError(f"this model takes at most {rules.max_input_images} --image "
                            f"({'conditioning' if conditioning else 'img2img'}), got {len(images)}")
@@ -222,6 +225,7 @@ def _run_image(args, resolved, outputs: _Outputs, say) -> dict:
                      "num_inference_steps": ctx.num_inference_steps,
                      "guidance_scale": ctx.guidance_scale,
                      "true_cfg": ctx.negative_tokens is not None,
+                     "true_cfg_scale": ctx.true_cfg_scale,
                      "output_format": ctx.output_format, "img2img": ctx.input_image is not None},
         "model": {"name": resolved.name, "family": fam.FAMILY, "folder": str(resolved.path)},
         "seed": seed,

@@ -21,7 +21,8 @@ DEFAULT_MAX_NEW_TOKENS = 16
 _DTYPES = ("float32", "bfloat16", "float16")
 # Image-only flags whose CLI default is None: setting one for a VLM is a mistake.
 _IMAGE_ONLY = ("negative_prompt", "height", "width", "steps", "guidance_scale", "strength",
-               "cfg_truncation", "cfg_normalization", "residual_threshold", "format")
+               "cfg_truncation", "cfg_normalization", "residual_threshold", "format",
+               "true_cfg_scale")
 
 
 def _opt(args, name: str, default: Any = None) -> Any:

@@ -733,7 +733,7 @@ def _check_options(r: Flux2Rules, request) -> None:
     if request.negative_prompt is not None:
         raise RequestError("FLUX.2 takes no negative prompt (Klein's CFG uses the empty prompt; "
                            "dev has embedded guidance): drop negative_prompt")
-    if request.true_cfg_scale != 1.0:
+    if request.true_cfg_scale not in (None, 1.0):
         raise RequestError("FLUX.2 has no true_cfg_scale; use guidance_scale (Klein: CFG when "
                            "> 1, dev: embedded guidance)")
     if request.input_image is not None:

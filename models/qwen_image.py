@@ -305,6 +305,11 @@ class QwenImageRules:
         return 1.0  # unused: Qwen-Image has no guidance embedding (true CFG instead)
 
     @property
+    def default_true_cfg_scale(self) -> float:
+        """The Qwen-Image pipelines' own default: a negative prompt alone turns CFG on."""
+        return 4.0
+
+    @property
     def default_residual_threshold(self) -> float:
         """First-block cache threshold when a loop switches the cache on without one."""
         return 0.05
@@ -528,7 +533,7 @@ def build_context(rules: QwenImageRules, tokenizer, request, opt: dict, fault: s
     image_tokens = edit["image_tokens"] if edit else []
     tokens = rules.encode_text(request.prompt, image_tokens)
     explicit_negative = request.negative_prompt is not None
-    true_cfg = rules.uses_true_cfg(request.true_cfg_scale, explicit_negative)
+    true_cfg = rules.uses_true_cfg(opt["true_cfg_scale"], explicit_negative)
     negative = rules.encode_text(request.negative_prompt, image_tokens) if true_cfg else None
     drop = rules.drop_idx - (1 if fault == "drop_off_by_one" else 0)
 
@@ -571,7 +576,7 @@ def build_context(rules: QwenImageRules, tokenizer, request, opt: dict, fault: s
         width=width,
         num_inference_steps=steps,
         guidance_scale=opt["guidance"],
-        true_cfg_scale=float(request.true_cfg_scale),
+        true_cfg_scale=opt["true_cfg_scale"],
         strength=float(request.strength),
         num_images_per_prompt=batch,
         output_format=opt["format"],

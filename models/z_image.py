@@ -411,7 +411,7 @@ class ZImageRules:
             explicit_negative_prompt=request.negative_prompt is not None,
             timesteps=timesteps, sigmas=sigmas, latents=noises[-1],
             height=height, width=width, num_inference_steps=steps,
-            guidance_scale=opt["guidance"], true_cfg_scale=float(request.true_cfg_scale),
+            guidance_scale=opt["guidance"], true_cfg_scale=opt["true_cfg_scale"],
             strength=float(request.strength),
             cfg_normalization=request.cfg_normalization,
             cfg_truncation=float(request.cfg_truncation),

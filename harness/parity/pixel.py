@@ -51,11 +51,13 @@ class ReferenceResult:
 def request_options(request) -> dict:
     """All options of a request as JSON-friendly values (an image becomes its path or type)."""
     opts = dataclasses.asdict(request) if dataclasses.is_dataclass(request) else dict(request)
-    src = opts.get("input_image")
-    if src is not None and not isinstance(src, (str, Path)):
-        opts["input_image"] = f"<{type(src).__name__}>"
-    elif src is not None:
-        opts["input_image"] = str(src)
+    def summary(src):
+        return str(src) if isinstance(src, (str, Path)) else f"<{type(src).__name__}>"
+
+    if opts.get("input_image") is not None:
+        opts["input_image"] = summary(opts["input_image"])
+    if opts.get("input_images"):
+        opts["input_images"] = [summary(src) for src in opts["input_images"]]
     return opts
 
 

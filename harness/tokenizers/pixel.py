@@ -5,6 +5,7 @@ of the family's rules object (``models.<family>.rules(folder)``); this module on
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import os
@@ -48,7 +49,7 @@ class PixelGenerationRequest:
     width: int | None = None
     num_inference_steps: int | None = None
     guidance_scale: float | None = None
-    true_cfg_scale: float = 1.0
+    true_cfg_scale: float | None = None
     seed: int | None = None
     num_images_per_prompt: int = 1
     input_image: Any = None
@@ -108,9 +109,10 @@ def _validate(req: PixelGenerationRequest, rules) -> dict:
     guidance = rules.default_guidance_scale if req.guidance_scale is None else req.guidance_scale
     if not _is_real(guidance) or guidance < 0:
         raise RequestError(f"guidance_scale must be a finite number >= 0, got {guidance!r}")
-    if not _is_real(req.true_cfg_scale) or req.true_cfg_scale <= 0:
-        raise RequestError(
-            f"true_cfg_scale must be a finite number > 0, got {req.true_cfg_scale!r}")
+    true_cfg = (getattr(rules, "default_true_cfg_scale", 1.0) if req.true_cfg_scale is None
+                else req.true_cfg_scale)
+    if not _is_real(true_cfg) or true_cfg <= 0:
+        raise RequestError(f"true_cfg_scale must be a finite number > 0, got {true_cfg!r}")
     if not _is_real(req.strength) or not 0 < req.strength <= 1:
         raise RequestError(f"strength must be in (0, 1], got {req.strength!r}")
     if not _is_real(req.cfg_truncation) or req.cfg_truncation <= 0:
@@ -144,7 +146,7 @@ def _validate(req: PixelGenerationRequest, rules) -> dict:
         raise RequestError(f"seed must be an integer in [0, {_MAX_SEED[req.noise]}] for "
                            f"{req.noise} noise, got {seed!r}")
     return {"height": height, "width": width, "steps": int(steps), "guidance": float(guidance),
-            "format": fmt, "seed": int(seed)}
+            "true_cfg_scale": float(true_cfg), "format": fmt, "seed": int(seed)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -308,6 +310,8 @@ class PixelGenerationTokenizer:
             raise ValueError(
                 f"unknown tokenizer fault {fault!r}; known: {', '.join(TOKENIZER_FAULTS)}")
         opt = _validate(request, rules)
+        # Families read the request: hand them the resolved true-CFG scale, never None.
+        request = dataclasses.replace(request, true_cfg_scale=opt["true_cfg_scale"])
         if build is not None:  # the family prepares its own context (and checks its own faults)
             return build(self, request, opt, fault=fault)
         height, width, steps, seed = opt["height"], opt["width"], opt["steps"], opt["seed"]
