@@ -182,7 +182,10 @@ class NaiveVisionContext:
         return tb.generated_length > 0 and tb.a[-1] == FUTURE
 
     def _refresh_status(self):
-        if naive_ends_with_eos(self.tokens.generated, self.eos_ids, self.eos_sequences):
+        # Only the last max(len(sequence)) generated tokens can end in EOS.
+        keep = max([1] + [len(s) for s in self.eos_sequences])
+        tail = self.tokens.a[max(self.tokens.prompt_len, len(self.tokens.a) - keep):]
+        if naive_ends_with_eos(tail, self.eos_ids, self.eos_sequences):
             self.status = EOS
         elif self.tokens.current_position >= self.max_length:
             self.status = MAXLEN
