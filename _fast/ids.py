@@ -17,14 +17,25 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
     cache=True,
 )
 def _fill_ids(out, h2, w2):
-    """out[r*w2+c] = (0, r, c); integers are exact in float32 below 2**24."""
-    k = 0
+    """out[r*w2+c] = (0, r, c); integers are exact in float32 below 2**24.
+
+    Each packed-token row is ``template + r * mask`` over contiguous memory, which vectorises;
+    a plain (0, r, c) store loop does not (stride 3) and is ~3x slower.
+    """
+    blk = 3 * w2
+    tmpl = np.zeros(blk, out.dtype)  # rows (0, 0, c) of one token row
+    mask = np.zeros(blk, out.dtype)  # 1 where the row index goes
+    for c in range(w2):
+        tmpl[3 * c + 2] = c
+        mask[3 * c + 1] = 1
+    flat = out.reshape(h2 * blk)
+    row = np.empty(1, out.dtype)  # the row index in the output dtype: no float64 detour
     for r in range(h2):
-        for c in range(w2):
-            out[k, 0] = 0
-            out[k, 1] = r
-            out[k, 2] = c
-            k += 1
+        row[0] = r
+        fr = row[0]
+        base = r * blk
+        for j in range(blk):
+            flat[base + j] = tmpl[j] + fr * mask[j]
     return out
 
 
