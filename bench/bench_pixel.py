@@ -136,8 +136,9 @@ def test_end_to_end(benchmark, case, side):
             return den(tok.new_context(req)).images
     else:
         pipe = reference().pipeline(False)
+        resolved = tokenizer().new_context(req)  # the model's defaults, as the harness applies them
         call = dict(prompt=req.prompt, negative_prompt=req.negative_prompt,
-                    true_cfg_scale=req.true_cfg_scale, height=req.height, width=req.width,
+                    true_cfg_scale=resolved.true_cfg_scale, height=req.height, width=req.width,
                     num_inference_steps=req.num_inference_steps, guidance_scale=3.5,
                     output_type="np")
 

@@ -53,7 +53,8 @@ def diffusers_preprocess(pipe, req, images=None):
         CONDITION_IMAGE_SIZE, VAE_IMAGE_SIZE, calculate_dimensions)
 
     prompts = [req.prompt] + ([req.negative_prompt] if req.negative_prompt is not None
-                              and req.true_cfg_scale > 1 else [])
+                              and (req.true_cfg_scale is None or req.true_cfg_scale > 1)
+                              else [])
     cond = None
     if images is not None:
         cond = []
@@ -145,8 +146,9 @@ def test_end_to_end(benchmark, case, side):
             return den(tok.new_context(req)).images
     else:
         pipe = reference(T2I).pipeline()
+        resolved = tokenizer(T2I).new_context(req)  # the model's defaults, as the harness applies
         call = dict(prompt=req.prompt, negative_prompt=req.negative_prompt,
-                    true_cfg_scale=req.true_cfg_scale, height=req.height, width=req.width,
+                    true_cfg_scale=resolved.true_cfg_scale, height=req.height, width=req.width,
                     num_inference_steps=req.num_inference_steps, output_type="np")
 
         def run():
