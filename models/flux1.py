@@ -7,17 +7,17 @@ level, so the registry and ``--help`` stay cheap.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .cache import ensure_built
+from .diffusers_common import (check_tiny_name, class_name, corpus_sha256, load_pretrained,
+                               offline, read_json, redraw, versions)
 
 __all__ = [
     "FAMILY", "MODALITY", "TINY_NAMES", "PIPELINE", "REFERENCE", "PIPELINE_CLASSES",
@@ -87,35 +87,16 @@ MAX_T5_LENGTH = 512
 # registry contract
 
 
-def _read_json(path: Path) -> dict:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
 def matches(folder: str | os.PathLike) -> bool:
     """True for a diffusers folder whose model_index.json names a FLUX.1 (img2img) pipeline."""
-    index = Path(folder) / "model_index.json"
-    if not index.is_file():
-        return False
-    try:
-        return _read_json(index).get("_class_name") in PIPELINE_CLASSES
-    except (OSError, ValueError):
-        return False
-
-
-def _versions() -> dict[str, str]:
-    # The saved bytes (configs, safetensors headers) depend on these versions.
-    return {p: metadata.version(p) for p in ("torch", "diffusers", "transformers", "tokenizers")}
+    return class_name(folder) in PIPELINE_CLASSES
 
 
 def tiny_path(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
     """Folder of tiny model ``name``, built on first use into the cache (atomically)."""
-    if name not in TINY_NAMES:
-        raise ValueError(f"unknown tiny FLUX.1 model {name!r}; known: {', '.join(TINY_NAMES)}")
-    from .text_tokenizers import CORPUS
-
-    recipe = {"family": FAMILY, "name": name, "recipe": TINY_RECIPE, "versions": _versions(),
-              "corpus_sha256": hashlib.sha256("\n".join(CORPUS).encode()).hexdigest()}
+    check_tiny_name(name, TINY_NAMES, "FLUX.1")
+    recipe = {"family": FAMILY, "name": name, "recipe": TINY_RECIPE, "versions": versions(),
+              "corpus_sha256": corpus_sha256()}
     return ensure_built(name, recipe, build_tiny, cache_dir)
 
 
@@ -293,11 +274,11 @@ def rules(folder: str | os.PathLike) -> Flux1Rules:
     """Read the FLUX.1 rules of a model folder (configs only; no weights, no torch)."""
     folder = Path(folder)
     try:
-        sched = _read_json(folder / "scheduler" / "scheduler_config.json")
-        vae = _read_json(folder / "vae" / "config.json")
-        transformer = _read_json(folder / "transformer" / "config.json")
-        clip_cfg = _read_json(folder / "tokenizer" / "tokenizer_config.json")
-        t5_cfg = _read_json(folder / "tokenizer_2" / "tokenizer_config.json")
+        sched = read_json(folder / "scheduler" / "scheduler_config.json")
+        vae = read_json(folder / "vae" / "config.json")
+        transformer = read_json(folder / "transformer" / "config.json")
+        clip_cfg = read_json(folder / "tokenizer" / "tokenizer_config.json")
+        t5_cfg = read_json(folder / "tokenizer_2" / "tokenizer_config.json")
     except FileNotFoundError as exc:
         raise ValueError(
             f"{folder} is not a complete FLUX.1 folder: missing {exc.filename}") from None
@@ -328,50 +309,23 @@ def _token(value, default: str) -> str:
 # loading (tiny and real weights alike)
 
 
-def _offline() -> None:
-    # Read once at import by huggingface_hub: must be set before diffusers/transformers load.
-    # Forced, not defaulted: nothing is ever downloaded (local_files_only is passed as well).
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-
-
-def torch_dtype(dtype: str):
-    import torch
-
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16}
-    if dtype not in table:
-        raise ValueError(f"dtype {dtype!r} is not supported; allowed: float32, bfloat16")
-    return table[dtype]
-
-
 def load_components(folder: str | os.PathLike, *, device: str = "cpu",
                     dtype: str = "float32") -> dict:
     """Load the four model components with ``from_pretrained(..., local_files_only=True)``."""
-    _offline()
+    offline()
     from diffusers import AutoencoderKL, FluxTransformer2DModel
     from transformers import CLIPTextModel, T5EncoderModel
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # per-file "Loading weights" bars
-    folder = Path(folder)
-    kw = {"local_files_only": True, "torch_dtype": torch_dtype(dtype)}
-    comps = {
-        "text_encoder": CLIPTextModel.from_pretrained(folder / "text_encoder", **kw),
-        "text_encoder_2": T5EncoderModel.from_pretrained(folder / "text_encoder_2", **kw),
-        "transformer": FluxTransformer2DModel.from_pretrained(folder / "transformer", **kw),
-        "vae": AutoencoderKL.from_pretrained(folder / "vae", **kw),
-    }
-    for module in comps.values():
-        module.to(device).eval().requires_grad_(False)
-    return comps
+    return load_pretrained(folder, {"text_encoder": CLIPTextModel,
+                                    "text_encoder_2": T5EncoderModel,
+                                    "transformer": FluxTransformer2DModel,
+                                    "vae": AutoencoderKL}, device=device, dtype=dtype)
 
 
 def reference_pipeline(components: dict, folder: str | os.PathLike, *, img2img: bool):
     """diffusers' own FluxPipeline / FluxImg2ImgPipeline over the same loaded modules, with the
     folder's scheduler and transformers tokenizers (the parity reference)."""
-    _offline()
+    offline()
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxImg2ImgPipeline, FluxPipeline
     from transformers import CLIPTokenizer, T5TokenizerFast
 
@@ -392,19 +346,9 @@ def reference_pipeline(components: dict, folder: str | os.PathLike, *, img2img: 
 # the tiny recipe
 
 
-def _redraw(module, std: float, generator) -> None:
-    """Re-draw every matrix of ``module`` from N(0, std) (1-D norms and biases keep their init)."""
-    import torch
-
-    with torch.no_grad():
-        for _, p in sorted(module.named_parameters()):
-            if p.ndim >= 2:
-                p.copy_(torch.randn(p.shape, generator=generator, dtype=p.dtype) * std)
-
-
 def build_tiny(out: Path) -> None:
     """Write the tiny FLUX.1 into ``out`` with ``save_pretrained`` (safetensors); deterministic."""
-    _offline()
+    offline()
     import torch
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
@@ -417,7 +361,7 @@ def build_tiny(out: Path) -> None:
     out = Path(out)
     train_clip_tokenizer(out / "tokenizer", **r["clip_tokenizer"])
     train_t5_tokenizer(out / "tokenizer_2", **r["t5_tokenizer"])
-    clip_vocab = _read_json(out / "tokenizer" / "tokenizer.json")["model"]["vocab"]
+    clip_vocab = read_json(out / "tokenizer" / "tokenizer.json")["model"]["vocab"]
     gen = torch.Generator("cpu").manual_seed(r["seed"])
 
     torch.manual_seed(r["seed"])
@@ -425,14 +369,14 @@ def build_tiny(out: Path) -> None:
         vocab_size=saved_vocab_size(out / "tokenizer"),
         bos_token_id=clip_vocab["<|startoftext|>"], eos_token_id=clip_vocab["<|endoftext|>"],
         pad_token_id=clip_vocab["<|endoftext|>"], **r["text_encoder"])).eval()
-    _redraw(clip, r["text_encoder_init_std"], gen)
+    redraw(clip, r["text_encoder_init_std"], gen)
     clip.save_pretrained(out / "text_encoder", safe_serialization=True)
 
     torch.manual_seed(r["seed"] + 1)
     t5 = T5EncoderModel(T5Config(
         vocab_size=saved_vocab_size(out / "tokenizer_2"), pad_token_id=0, eos_token_id=1,
         decoder_start_token_id=0, **r["text_encoder_2"])).eval()
-    _redraw(t5, r["text_encoder_init_std"], gen)
+    redraw(t5, r["text_encoder_init_std"], gen)
     t5.save_pretrained(out / "text_encoder_2", safe_serialization=True)
 
     torch.manual_seed(r["seed"] + 2)

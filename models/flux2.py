@@ -9,18 +9,19 @@ constant comes from the scheduler config. The family tokenizes its own prompts (
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .cache import ensure_built
+from .diffusers_common import (chat_tokenizers_sha256, check_tiny_name, class_name,
+                               corpus_sha256, load_pretrained, offline, read_json, redraw,
+                               versions)
 
 __all__ = [
     "FAMILY", "MODALITY", "TINY_NAMES", "PIPELINE", "REFERENCE", "PIPELINE_CLASSES",
@@ -109,43 +110,19 @@ TINY_RECIPES: dict[str, dict[str, Any]] = {
 # registry contract
 
 
-def _read_json(path: Path) -> dict:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def _class_name(folder: Path) -> str | None:
-    index = Path(folder) / "model_index.json"
-    if not index.is_file():
-        return None
-    try:
-        return _read_json(index).get("_class_name")
-    except (OSError, ValueError):
-        return None
-
-
 def matches(folder: str | os.PathLike) -> bool:
     """True for a diffusers folder whose model_index.json names a FLUX.2 pipeline."""
-    return _class_name(Path(folder)) in PIPELINE_CLASSES
-
-
-def _versions() -> dict[str, str]:
-    return {p: metadata.version(p) for p in ("torch", "diffusers", "transformers", "tokenizers")}
+    return class_name(folder) in PIPELINE_CLASSES
 
 
 def tiny_path(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
     """Folder of tiny model ``name``, built on first use into the cache (atomically)."""
-    if name not in TINY_NAMES:
-        raise ValueError(f"unknown tiny FLUX.2 model {name!r}; known: {', '.join(TINY_NAMES)}")
-    from . import chat_tokenizers
-    from .text_tokenizers import CORPUS
-
+    check_tiny_name(name, TINY_NAMES, "FLUX.2")
     recipe = {"family": FAMILY, "name": name, "recipe": TINY_RECIPES[name],
-              "versions": _versions(), "mistral_template": MISTRAL_CHAT_TEMPLATE,
-              "corpus_sha256": hashlib.sha256("\n".join(CORPUS).encode()).hexdigest(),
+              "versions": versions(), "mistral_template": MISTRAL_CHAT_TEMPLATE,
+              "corpus_sha256": corpus_sha256(),
               # the Qwen tokenizer builder lives there (merges, specials, chat template)
-              "chat_tokenizers_sha256": hashlib.sha256(
-                  Path(chat_tokenizers.__file__).read_bytes()).hexdigest()}
+              "chat_tokenizers_sha256": chat_tokenizers_sha256()}
     return ensure_built(name, recipe, lambda out: build_tiny(out, name), cache_dir)
 
 
@@ -333,16 +310,16 @@ class Flux2Rules:
 def rules(folder: str | os.PathLike) -> Flux2Rules:
     """Read the FLUX.2 rules of a model folder (configs only; no weights, no torch)."""
     folder = Path(folder)
-    layout = PIPELINE_CLASSES.get(_class_name(folder) or "")
+    layout = PIPELINE_CLASSES.get(class_name(folder) or "")
     if layout is None:
         raise ValueError(f"{folder} is not a FLUX.2 folder (model_index.json names none of "
                          f"{', '.join(PIPELINE_CLASSES)})")
     try:
-        index = _read_json(folder / "model_index.json")
-        sched = _read_json(folder / "scheduler" / "scheduler_config.json")
-        vae = _read_json(folder / "vae" / "config.json")
-        transformer = _read_json(folder / "transformer" / "config.json")
-        tok_cfg = _read_json(folder / "tokenizer" / "tokenizer_config.json")
+        index = read_json(folder / "model_index.json")
+        sched = read_json(folder / "scheduler" / "scheduler_config.json")
+        vae = read_json(folder / "vae" / "config.json")
+        transformer = read_json(folder / "transformer" / "config.json")
+        tok_cfg = read_json(folder / "tokenizer" / "tokenizer_config.json")
     except FileNotFoundError as exc:
         raise ValueError(
             f"{folder} is not a complete FLUX.2 folder: missing {exc.filename}") from None
@@ -368,7 +345,7 @@ def _chat_template(tok_dir: Path, tok_cfg: dict) -> str | None:
     if (tok_dir / "chat_template.jinja").is_file():
         return (tok_dir / "chat_template.jinja").read_text(encoding="utf-8")
     if (tok_dir / "chat_template.json").is_file():
-        return _read_json(tok_dir / "chat_template.json").get("chat_template")
+        return read_json(tok_dir / "chat_template.json").get("chat_template")
     return tok_cfg.get("chat_template")
 
 
@@ -382,43 +359,26 @@ def _token(value, default: str) -> str:
 # loading (tiny and real weights alike)
 
 
-def _offline() -> None:
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-
-
 def load_components(folder: str | os.PathLike, *, device: str = "cpu",
                     dtype: str = "float32") -> dict:
     """Text encoder, transformer and VAE via ``from_pretrained(..., local_files_only=True)``."""
-    _offline()
+    offline()
     from diffusers import AutoencoderKLFlux2, Flux2Transformer2DModel
-    from transformers.utils import logging as hf_logging
 
-    from .flux1 import torch_dtype
-
-    hf_logging.disable_progress_bar()
-    folder = Path(folder)
     layout = rules(folder).layout
     if layout == "klein":
         from transformers import Qwen3ForCausalLM as TextEncoder
     else:
         from transformers import Mistral3ForConditionalGeneration as TextEncoder
-    kw = {"local_files_only": True, "torch_dtype": torch_dtype(dtype)}
-    comps = {
-        "text_encoder": TextEncoder.from_pretrained(folder / "text_encoder", **kw),
-        "transformer": Flux2Transformer2DModel.from_pretrained(folder / "transformer", **kw),
-        "vae": AutoencoderKLFlux2.from_pretrained(folder / "vae", **kw),
-    }
-    for module in comps.values():
-        module.to(device).eval().requires_grad_(False)
-    return comps
+    return load_pretrained(folder, {"text_encoder": TextEncoder,
+                                    "transformer": Flux2Transformer2DModel,
+                                    "vae": AutoencoderKLFlux2}, device=device, dtype=dtype)
 
 
 def reference_pipeline(components: dict, folder: str | os.PathLike, *, is_distilled=None):
     """diffusers' own Flux2KleinPipeline / Flux2Pipeline over the same loaded modules, with the
     folder's scheduler and tokenizer (the parity reference)."""
-    _offline()
+    offline()
     from diffusers import FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Pipeline
 
     folder = Path(folder)
@@ -447,19 +407,9 @@ def reference_pipeline(components: dict, folder: str | os.PathLike, *, is_distil
 # the tiny recipe
 
 
-def _redraw(module, std: float, generator) -> None:
-    """Re-draw every matrix of ``module`` from N(0, std) (1-D norms and biases keep their init)."""
-    import torch
-
-    with torch.no_grad():
-        for _, p in sorted(module.named_parameters()):
-            if p.ndim >= 2:
-                p.copy_(torch.randn(p.shape, generator=generator, dtype=p.dtype) * std)
-
-
 def build_tiny(out: Path, name: str = "tiny-flux2-klein") -> None:
     """Write tiny FLUX.2 model ``name`` into ``out`` with ``save_pretrained``; deterministic."""
-    _offline()
+    offline()
     import torch
     from diffusers import (AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler,
                            Flux2Transformer2DModel)
@@ -501,13 +451,13 @@ def _build_qwen3(out: Path, r: dict, gen) -> None:
     build_qwen_tokenizer(out / "tokenizer", max_merges=r["tokenizer_merges"])
     from .text_tokenizers import saved_vocab_size
 
-    vocab = _read_json(out / "tokenizer" / "tokenizer.json")
+    vocab = read_json(out / "tokenizer" / "tokenizer.json")
     added = {t["content"]: t["id"] for t in vocab["added_tokens"]}
     torch.manual_seed(r["seed"])
     model = Qwen3ForCausalLM(Qwen3Config(
         vocab_size=saved_vocab_size(out / "tokenizer"), pad_token_id=added["<|endoftext|>"],
         eos_token_id=added["<|im_end|>"], bos_token_id=None, **r["text_encoder"])).eval()
-    _redraw(model, r["text_encoder_init_std"], gen)
+    redraw(model, r["text_encoder_init_std"], gen)
     model.save_pretrained(out / "text_encoder", safe_serialization=True)
 
 
@@ -571,7 +521,7 @@ def _build_mistral3(out: Path, r: dict, gen) -> None:
                          **r["text_encoder"]),
         vision_config=dict(model_type="pixtral", **vis),
         image_token_index=vocab["[IMG]"], spatial_merge_size=1, vision_feature_layer=-1)).eval()
-    _redraw(model, r["text_encoder_init_std"], gen)
+    redraw(model, r["text_encoder_init_std"], gen)
     model.save_pretrained(out / "text_encoder", safe_serialization=True)
 
 
@@ -623,9 +573,9 @@ class _PromptEncoder:
 
         self.rules = r
         self.tok = load_fast_tokenizer(r.tokenizer_dir)
-        cfg = _read_json(r.tokenizer_dir / "tokenizer_config.json")
+        cfg = read_json(r.tokenizer_dir / "tokenizer_config.json")
         if (r.tokenizer_dir / "special_tokens_map.json").is_file():  # older checkpoints
-            cfg = {**_read_json(r.tokenizer_dir / "special_tokens_map.json"), **cfg}
+            cfg = {**read_json(r.tokenizer_dir / "special_tokens_map.json"), **cfg}
         # apply_chat_template renders with the tokenizer's special tokens as template variables.
         self.specials = {k: _token(cfg.get(k), "") for k in
                          ("bos_token", "eos_token", "unk_token", "pad_token")

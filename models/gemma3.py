@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from .vlm_common import (ChatFormat, PreparedImage, VLMFamily, build_byte_tokenizer,
-                         config_matches, load_family, offline_env, redraw_weights, tiny_build)
+                         config_matches, load_family, offline_env, save_all, tiny_build,
+                         tiny_model)
 
 FAMILY = "gemma3"
 MODALITY = "text"
@@ -29,7 +30,6 @@ RECIPE = {
 
 def _build(folder: Path) -> None:
     offline_env()
-    import torch
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration
     from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
 
@@ -44,22 +44,15 @@ def _build(folder: Path) -> None:
         mm_tokens_per_image=RECIPE["mm_tokens_per_image"],
         boi_token_index=ids["<start_of_image>"], eoi_token_index=ids["<end_of_image>"],
         image_token_index=ids["<image_soft_token>"])
-    torch.manual_seed(RECIPE["seed"])
-    model = Gemma3ForConditionalGeneration(cfg)
-    redraw_weights(model, RECIPE["std"], RECIPE["seed"])
-    model.generation_config.eos_token_id = [ids["<eos>"], ids["<end_of_turn>"]]
-    model.generation_config.pad_token_id = ids["<pad>"]
+    model = tiny_model(Gemma3ForConditionalGeneration, cfg, RECIPE,
+                       eos=[ids["<eos>"], ids["<end_of_turn>"]], pad=ids["<pad>"])
     size = RECIPE["vision"]["image_size"]
     proc = Gemma3ImageProcessorPil(size={"height": size, "width": size}, do_pan_and_scan=False)
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    proc.save_pretrained(folder)
+    save_all(folder, model, tok, proc)
 
 
 def tiny_path(name: str, cache_dir=None) -> Path:
-    if name not in TINY_NAMES:
-        raise ValueError(f"unknown tiny model {name!r}; known: {', '.join(TINY_NAMES)}")
-    return tiny_build(name, RECIPE, _build, cache_dir)
+    return tiny_build(name, TINY_NAMES, RECIPE, _build, cache_dir)
 
 
 def matches(folder) -> bool:

@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 
 from .vlm_common import (ChatFormat, PreparedImage, VLMFamily, build_byte_tokenizer,
-                         config_matches, load_family, offline_env, redraw_weights, tiny_build)
+                         config_matches, load_family, offline_env, save_all, tiny_build,
+                         tiny_model)
 
 FAMILY = "llava"
 MODALITY = "text"
@@ -24,7 +25,6 @@ RECIPE = {
 
 def _build(folder: Path) -> None:
     offline_env()
-    import torch
     from transformers import (CLIPVisionConfig, LlamaConfig, LlavaConfig,
                               LlavaForConditionalGeneration)
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
@@ -37,23 +37,16 @@ def _build(folder: Path) -> None:
                                 eos_token_id=2, **RECIPE["text"]),
         image_token_index=tok.convert_tokens_to_ids("<image>"),
         vision_feature_layer=-1, vision_feature_select_strategy="default")
-    torch.manual_seed(RECIPE["seed"])
-    model = LlavaForConditionalGeneration(cfg)
-    redraw_weights(model, RECIPE["std"], RECIPE["seed"])
-    model.generation_config.eos_token_id = 2
-    model.generation_config.pad_token_id = 0
+    model = tiny_model(LlavaForConditionalGeneration, cfg, RECIPE,
+                       eos=2, pad=0)
     size = RECIPE["vision"]["image_size"]
     proc = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size,
                                                                           "width": size})
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    proc.save_pretrained(folder)
+    save_all(folder, model, tok, proc)
 
 
 def tiny_path(name: str, cache_dir=None) -> Path:
-    if name not in TINY_NAMES:
-        raise ValueError(f"unknown tiny model {name!r}; known: {', '.join(TINY_NAMES)}")
-    return tiny_build(name, RECIPE, _build, cache_dir)
+    return tiny_build(name, TINY_NAMES, RECIPE, _build, cache_dir)
 
 
 def matches(folder) -> bool:

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from .vlm_common import (ChatFormat, PreparedImage, VLMFamily, build_byte_tokenizer,
-                         config_matches, load_family, offline_env, redraw_weights, tiny_build)
+                         config_matches, load_family, offline_env, save_all, tiny_build,
+                         tiny_model)
 
 FAMILY = "pixtral"
 MODALITY = "text"
@@ -32,7 +33,6 @@ RECIPE = {
 
 def _build(folder: Path) -> None:
     offline_env()
-    import torch
     from transformers import Mistral3Config, Mistral3ForConditionalGeneration
     from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImageProcessorPil
 
@@ -46,23 +46,16 @@ def _build(folder: Path) -> None:
                          bos_token_id=ids["<s>"], eos_token_id=ids["</s>"], **RECIPE["text"]),
         image_token_index=ids["[IMG]"], spatial_merge_size=RECIPE["spatial_merge_size"],
         vision_feature_layer=-1)
-    torch.manual_seed(RECIPE["seed"])
-    model = Mistral3ForConditionalGeneration(cfg)
-    redraw_weights(model, RECIPE["std"], RECIPE["seed"])
-    model.generation_config.eos_token_id = ids["</s>"]
-    model.generation_config.pad_token_id = ids["<pad>"]
+    model = tiny_model(Mistral3ForConditionalGeneration, cfg, RECIPE,
+                       eos=ids["</s>"], pad=ids["<pad>"])
     step = RECIPE["vision"]["patch_size"] * RECIPE["spatial_merge_size"]
     proc = PixtralImageProcessorPil(size={"longest_edge": RECIPE["longest_edge"]},
                                     patch_size={"height": step, "width": step})
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    proc.save_pretrained(folder)
+    save_all(folder, model, tok, proc)
 
 
 def tiny_path(name: str, cache_dir=None) -> Path:
-    if name not in TINY_NAMES:
-        raise ValueError(f"unknown tiny model {name!r}; known: {', '.join(TINY_NAMES)}")
-    return tiny_build(name, RECIPE, _build, cache_dir)
+    return tiny_build(name, TINY_NAMES, RECIPE, _build, cache_dir)
 
 
 def matches(folder) -> bool:

@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 
 from .vlm_common import (ChatFormat, PreparedImage, VLMFamily, build_byte_tokenizer,
-                         config_matches, load_family, offline_env, redraw_weights, tiny_build)
+                         config_matches, load_family, offline_env, save_all, tiny_build,
+                         tiny_model)
 
 FAMILY = "qwen2_vl"
 MODALITY = "text"
@@ -28,7 +29,6 @@ RECIPE = {
 
 def _build(folder: Path) -> None:
     offline_env()
-    import torch
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
@@ -43,26 +43,19 @@ def _build(folder: Path) -> None:
                          **RECIPE["text"]),
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
-    torch.manual_seed(RECIPE["seed"])
-    model = Qwen2VLForConditionalGeneration(cfg)
-    redraw_weights(model, RECIPE["std"], RECIPE["seed"])
-    model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
-    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    model = tiny_model(Qwen2VLForConditionalGeneration, cfg, RECIPE,
+                       eos=[ids["<|im_end|>"], ids["<|endoftext|>"]], pad=ids["<|endoftext|>"])
     v = RECIPE["vision"]
     proc = Qwen2VLImageProcessorPil(
         size={"shortest_edge": RECIPE["processor"]["min_pixels"],
               "longest_edge": RECIPE["processor"]["max_pixels"]},
         patch_size=v["patch_size"], temporal_patch_size=v["temporal_patch_size"],
         merge_size=v["spatial_merge_size"])
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    proc.save_pretrained(folder)
+    save_all(folder, model, tok, proc)
 
 
 def tiny_path(name: str, cache_dir=None) -> Path:
-    if name not in TINY_NAMES:
-        raise ValueError(f"unknown tiny model {name!r}; known: {', '.join(TINY_NAMES)}")
-    return tiny_build(name, RECIPE, _build, cache_dir)
+    return tiny_build(name, TINY_NAMES, RECIPE, _build, cache_dir)
 
 
 def matches(folder) -> bool:

@@ -10,18 +10,19 @@ pipelines). Nothing imports torch at module level.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import math
 import os
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .cache import ensure_built
+from .diffusers_common import (chat_tokenizers_sha256, check_tiny_name, class_name,
+                               corpus_sha256, load_pretrained, offline, read_json, sha256,
+                               versions)
 
 __all__ = [
     "FAMILY", "MODALITY", "TINY_NAMES", "PIPELINE", "REFERENCE", "PIPELINE_CLASSES", "PipelineSpec",
@@ -156,43 +157,19 @@ TINY_RECIPE: dict[str, Any] = {
 # registry contract
 
 
-def _read_json(path: Path) -> dict:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def _class_name(folder: Path) -> str | None:
-    try:
-        return _read_json(folder / "model_index.json").get("_class_name")
-    except (OSError, ValueError):
-        return None
-
-
 def matches(folder: str | os.PathLike) -> bool:
     """True for a diffusers folder of QwenImagePipeline or QwenImageEdit(Plus)Pipeline."""
-    return _class_name(Path(folder)) in PIPELINE_CLASSES
-
-
-def _versions() -> dict[str, str]:
-    return {p: metadata.version(p) for p in ("torch", "diffusers", "transformers", "tokenizers")}
-
-
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    return class_name(folder) in PIPELINE_CLASSES
 
 
 def tiny_path(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
     """Folder of tiny model ``name``, built on first use into the cache (atomically)."""
-    if name not in TINY_NAMES:
-        raise ValueError(f"unknown tiny Qwen-Image model {name!r}; known: {', '.join(TINY_NAMES)}")
-    from . import chat_tokenizers
-    from .text_tokenizers import CORPUS
-
+    check_tiny_name(name, TINY_NAMES, "Qwen-Image")
     cls = _TINY_CLASS[name]
     recipe = {"family": FAMILY, "name": name, "pipeline": cls, "recipe": TINY_RECIPE,
-              "versions": _versions(), "corpus_sha256": _sha("\n".join(CORPUS).encode()),
-              "templates_sha256": _sha("\n".join(_templates_corpus()).encode()),
-              "chat_tokenizers_sha256": _sha(Path(chat_tokenizers.__file__).read_bytes())}
+              "versions": versions(), "corpus_sha256": corpus_sha256(),
+              "templates_sha256": sha256("\n".join(_templates_corpus())),
+              "chat_tokenizers_sha256": chat_tokenizers_sha256()}
     return ensure_built(name, recipe, functools.partial(build_tiny, pipeline=cls), cache_dir)
 
 
@@ -242,7 +219,7 @@ def _text_tokenizer(folder: str):
 
 @functools.lru_cache(maxsize=8)
 def _image_processor(folder: str):
-    _offline()
+    offline()
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
         Qwen2VLImageProcessorPil)
 
@@ -599,7 +576,7 @@ def _unsupported(sched: dict, transformer: dict) -> str | None:
 def rules(folder: str | os.PathLike) -> QwenImageRules:
     """Read the Qwen-Image rules of a model folder (configs only; no weights, no torch)."""
     folder = Path(folder)
-    cls = _class_name(folder)
+    cls = class_name(folder)
     if cls not in SPECS:
         raise ValueError(f"{folder} is not a Qwen-Image folder (model_index.json names {cls!r})")
     spec = SPECS[cls]
@@ -610,14 +587,14 @@ def rules(folder: str | os.PathLike) -> QwenImageRules:
     missing = [p for p in needed if not (folder / p).exists()]
     if missing:
         raise ValueError(f"{folder} is not a complete {cls} folder: missing {', '.join(missing)}")
-    sched = _read_json(folder / "scheduler" / "scheduler_config.json")
-    transformer = _read_json(folder / "transformer" / "config.json")
+    sched = read_json(folder / "scheduler" / "scheduler_config.json")
+    transformer = read_json(folder / "transformer" / "config.json")
     bad = _unsupported(sched, transformer)
     if bad:
         raise ValueError(f"{bad} of {folder} is not supported by the harness")
-    te = _read_json(folder / "text_encoder" / "config.json")
+    te = read_json(folder / "text_encoder" / "config.json")
     return QwenImageRules(folder=folder, spec=spec, scheduler_config=sched,
-                          vae_config=_read_json(folder / "vae" / "config.json"),
+                          vae_config=read_json(folder / "vae" / "config.json"),
                           transformer_config=transformer, text_config=te.get("text_config", te))
 
 
@@ -625,35 +602,16 @@ def rules(folder: str | os.PathLike) -> QwenImageRules:
 # loading (tiny and real weights alike)
 
 
-def _offline() -> None:
-    # Read once at import by huggingface_hub: must be set before diffusers/transformers load.
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-
-
 def load_components(folder: str | os.PathLike, *, device: str = "cpu",
                     dtype: str = "float32") -> dict:
     """text_encoder, transformer and vae with ``from_pretrained(..., local_files_only=True)``."""
-    _offline()
+    offline()
     from diffusers import AutoencoderKLQwenImage, QwenImageTransformer2DModel
     from transformers import Qwen2_5_VLForConditionalGeneration
-    from transformers.utils import logging as hf_logging
 
-    from .flux1 import torch_dtype
-
-    hf_logging.disable_progress_bar()
-    folder = Path(folder)
-    kw = {"local_files_only": True, "torch_dtype": torch_dtype(dtype)}
-    comps = {
-        "text_encoder": Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            folder / "text_encoder", **kw),
-        "transformer": QwenImageTransformer2DModel.from_pretrained(folder / "transformer", **kw),
-        "vae": AutoencoderKLQwenImage.from_pretrained(folder / "vae", **kw),
-    }
-    for module in comps.values():
-        module.to(device).eval().requires_grad_(False)
-    return comps
+    return load_pretrained(folder, {"text_encoder": Qwen2_5_VLForConditionalGeneration,
+                                    "transformer": QwenImageTransformer2DModel,
+                                    "vae": AutoencoderKLQwenImage}, device=device, dtype=dtype)
 
 
 def _processor_class():
@@ -682,7 +640,7 @@ def qwen2vl_processor(image_processor, tokenizer):
 def reference_pipeline(components: dict, folder: str | os.PathLike, **_):
     """diffusers' own pipeline of the folder's class over the same loaded modules, with the folder's
     scheduler, Qwen2Tokenizer and (edit) the PIL Qwen2-VL processor: the parity reference."""
-    _offline()
+    offline()
     import diffusers
     from diffusers import FlowMatchEulerDiscreteScheduler
     from transformers import Qwen2Tokenizer
@@ -717,7 +675,7 @@ def _templates_corpus() -> list[str]:
 def build_tiny(out: Path, *, pipeline: str = "QwenImagePipeline") -> None:
     """Write a tiny Qwen-Image (or edit) folder into ``out`` with ``save_pretrained``;
     deterministic."""
-    _offline()
+    offline()
     import torch
     from diffusers import (AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler,
                            QwenImageTransformer2DModel)

@@ -11,7 +11,8 @@ from typing import Any, Callable
 import numpy as np
 
 __all__ = ["offline_env", "build_byte_tokenizer", "redraw_weights", "PreparedImage", "ChatFormat",
-           "VLMFamily", "load_family", "tiny_build", "config_matches", "MAX_IMAGE_SIDE"]
+           "VLMFamily", "load_family", "tiny_model", "save_all", "tiny_build", "config_matches",
+           "MAX_IMAGE_SIDE"]
 
 #: Largest image side the harness accepts before any family-specific resizing.
 MAX_IMAGE_SIDE = 8192
@@ -58,9 +59,32 @@ def redraw_weights(model, std: float, seed: int) -> None:
                 p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32).to(p.dtype) * std)
 
 
-def tiny_build(name: str, recipe: dict, build: Callable[[Path], None], cache_dir=None) -> Path:
-    """Build (once, atomically) a tiny model into the cache keyed by its recipe."""
+def tiny_model(model_cls, cfg, recipe: dict, *, eos, pad):
+    """``model_cls(cfg)`` seeded by ``recipe``, its weights re-drawn, generation eos/pad set."""
+    import torch
+
+    torch.manual_seed(recipe["seed"])
+    model = model_cls(cfg)
+    redraw_weights(model, recipe["std"], recipe["seed"])
+    model.generation_config.eos_token_id = eos
+    model.generation_config.pad_token_id = pad
+    return model
+
+
+def save_all(folder: Path, *parts) -> None:
+    """``save_pretrained(folder)`` of model, tokenizer and processor, in that order."""
+    for part in parts:
+        part.save_pretrained(folder)
+
+
+def tiny_build(name: str, names: tuple[str, ...], recipe: dict, build: Callable[[Path], None],
+               cache_dir=None) -> Path:
+    """Build (once, atomically) tiny model ``name`` (one of ``names``) into the cache keyed by
+    its recipe."""
     from models.cache import ensure_built
+
+    if name not in names:
+        raise ValueError(f"unknown tiny model {name!r}; known: {', '.join(names)}")
 
     return ensure_built(name, recipe, build, cache_dir)
 

@@ -9,17 +9,17 @@ here imports torch at module level, so the registry and ``--help`` stay cheap.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .cache import ensure_built
+from .diffusers_common import (check_tiny_name, class_name, load_pretrained, offline, read_json,
+                               redraw, sha256, versions)
 
 __all__ = [
     "FAMILY", "MODALITY", "TINY_NAMES", "PIPELINE", "REFERENCE", "PIPELINE_CLASSES",
@@ -88,36 +88,20 @@ _SPECIAL_ATTRS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token
 # registry contract
 
 
-def _read_json(path: Path) -> dict:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
 def matches(folder: str | os.PathLike) -> bool:
     """True for a diffusers folder whose model_index.json names a Z-Image (img2img) pipeline."""
-    index = Path(folder) / "model_index.json"
-    if not index.is_file():
-        return False
-    try:
-        return _read_json(index).get("_class_name") in PIPELINE_CLASSES
-    except (OSError, ValueError):
-        return False
-
-
-def _versions() -> dict[str, str]:
-    return {p: metadata.version(p) for p in ("torch", "diffusers", "transformers", "tokenizers")}
+    return class_name(folder) in PIPELINE_CLASSES
 
 
 def tiny_path(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
     """Folder of tiny model ``name``, built on first use into the cache (atomically)."""
-    if name not in TINY_NAMES:
-        raise ValueError(f"unknown tiny Z-Image model {name!r}; known: {', '.join(TINY_NAMES)}")
+    check_tiny_name(name, TINY_NAMES, "Z-Image")
     from .chat_tokenizers import QWEN_CHAT_TEMPLATE, QWEN_SPECIALS
     from .text_tokenizers import CORPUS
 
     corpus = "\n".join(CORPUS) + QWEN_CHAT_TEMPLATE + "".join(QWEN_SPECIALS)
-    recipe = {"family": FAMILY, "name": name, "recipe": TINY_RECIPE, "versions": _versions(),
-              "corpus_sha256": hashlib.sha256(corpus.encode()).hexdigest()}
+    recipe = {"family": FAMILY, "name": name, "recipe": TINY_RECIPE, "versions": versions(),
+              "corpus_sha256": sha256(corpus)}
     return ensure_built(name, recipe, build_tiny, cache_dir)
 
 
@@ -444,10 +428,10 @@ def rules(folder: str | os.PathLike) -> ZImageRules:
     folder = Path(folder)
     tok_dir = folder / "tokenizer"
     try:
-        sched = _read_json(folder / "scheduler" / "scheduler_config.json")
-        vae = _read_json(folder / "vae" / "config.json")
-        transformer = _read_json(folder / "transformer" / "config.json")
-        tok_cfg = _read_json(tok_dir / "tokenizer_config.json")
+        sched = read_json(folder / "scheduler" / "scheduler_config.json")
+        vae = read_json(folder / "vae" / "config.json")
+        transformer = read_json(folder / "transformer" / "config.json")
+        tok_cfg = read_json(tok_dir / "tokenizer_config.json")
         if not (tok_dir / "tokenizer.json").is_file():
             raise FileNotFoundError(2, "missing", str(tok_dir / "tokenizer.json"))
     except FileNotFoundError as exc:
@@ -469,17 +453,11 @@ def rules(folder: str | os.PathLike) -> ZImageRules:
 # loading (tiny and real weights alike)
 
 
-def _offline() -> None:
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-
-
 def _text_encoder_class(folder: Path):
     """The transformers class model_index.json names (Qwen3Model for Z-Image-Turbo)."""
     import transformers
 
-    name = _read_json(folder / "model_index.json").get("text_encoder", [None, "Qwen3Model"])[1]
+    name = read_json(folder / "model_index.json").get("text_encoder", [None, "Qwen3Model"])[1]
     if name not in ("Qwen3Model", "Qwen3ForCausalLM"):
         raise ValueError(f"text encoder class {name!r} of {folder} is not supported "
                          f"(expected Qwen3Model or Qwen3ForCausalLM)")
@@ -489,29 +467,18 @@ def _text_encoder_class(folder: Path):
 def load_components(folder: str | os.PathLike, *, device: str = "cpu",
                     dtype: str = "float32") -> dict:
     """Text encoder, transformer and VAE via ``from_pretrained(..., local_files_only=True)``."""
-    _offline()
+    offline()
     from diffusers import AutoencoderKL, ZImageTransformer2DModel
-    from transformers.utils import logging as hf_logging
 
-    from .flux1 import torch_dtype
-
-    hf_logging.disable_progress_bar()
-    folder = Path(folder)
-    kw = {"local_files_only": True, "torch_dtype": torch_dtype(dtype)}
-    comps = {
-        "text_encoder": _text_encoder_class(folder).from_pretrained(folder / "text_encoder", **kw),
-        "transformer": ZImageTransformer2DModel.from_pretrained(folder / "transformer", **kw),
-        "vae": AutoencoderKL.from_pretrained(folder / "vae", **kw),
-    }
-    for module in comps.values():
-        module.to(device).eval().requires_grad_(False)
-    return comps
+    return load_pretrained(folder, {"text_encoder": _text_encoder_class(Path(folder)),
+                                    "transformer": ZImageTransformer2DModel,
+                                    "vae": AutoencoderKL}, device=device, dtype=dtype)
 
 
 def reference_pipeline(components: dict, folder: str | os.PathLike, *, img2img: bool):
     """diffusers' ZImagePipeline / ZImageImg2ImgPipeline over the same loaded modules, with the
     folder's scheduler and transformers tokenizer (the parity reference)."""
-    _offline()
+    offline()
     from diffusers import FlowMatchEulerDiscreteScheduler, ZImageImg2ImgPipeline, ZImagePipeline
     from transformers import AutoTokenizer
 
@@ -533,14 +500,13 @@ def reference_pipeline(components: dict, folder: str | os.PathLike, *, img2img: 
 
 def build_tiny(out: Path) -> None:
     """Write the tiny Z-Image into ``out`` with ``save_pretrained`` (safetensors), deterministic."""
-    _offline()
+    offline()
     import torch
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImageTransformer2DModel
     from transformers import Qwen3Config, Qwen3Model
     from transformers.utils import logging as hf_logging
 
     from .chat_tokenizers import QWEN_CHAT_TEMPLATE, build_qwen_tokenizer
-    from .flux1 import _redraw
 
     hf_logging.disable_progress_bar()
     r = TINY_RECIPE
@@ -548,7 +514,7 @@ def build_tiny(out: Path) -> None:
     # The chat template's words go into the merges, as the real vocabulary has them whole.
     vocab = build_qwen_tokenizer(out / "tokenizer", extra_texts=[QWEN_CHAT_TEMPLATE],
                                  **r["tokenizer"])
-    tok_vocab = _read_json(out / "tokenizer" / "tokenizer.json")
+    tok_vocab = read_json(out / "tokenizer" / "tokenizer.json")
     added = {t["content"]: t["id"] for t in tok_vocab["added_tokens"]}
     gen = torch.Generator("cpu").manual_seed(r["seed"])
 
@@ -556,7 +522,7 @@ def build_tiny(out: Path) -> None:
     te = Qwen3Model(Qwen3Config(
         vocab_size=vocab, pad_token_id=added["<|endoftext|>"], eos_token_id=added["<|im_end|>"],
         bos_token_id=None, **r["text_encoder"])).eval()
-    _redraw(te, r["text_encoder_init_std"], gen)
+    redraw(te, r["text_encoder_init_std"], gen)
     te.save_pretrained(out / "text_encoder", safe_serialization=True)
 
     torch.manual_seed(r["seed"] + 1)

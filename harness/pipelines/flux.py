@@ -9,13 +9,13 @@ family default when ``first_block_cache`` is switched on; streams "cond" / "unco
 """
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from harness.context import PixelContext
+
+from .denoise import DenoiserBase, PixelResult
 
 __all__ = ["FluxDenoiser", "Denoiser", "PixelResult", "LOOP_FAULTS"]
 
@@ -23,60 +23,11 @@ __all__ = ["FluxDenoiser", "Denoiser", "PixelResult", "LOOP_FAULTS"]
 LOOP_FAULTS = ("timestep_not_divided", "guidance_x1000")
 
 
-@dataclass
-class PixelResult:
-    """What one request produced: uint8 images, the final packed latents and timings (seconds)."""
-
-    images: np.ndarray                 # (N, H, W, 3) uint8
-    final_latents: np.ndarray          # packed (N, seq, 4C), float32 copy of the model dtype values
-    timesteps: np.ndarray              # the timesteps actually run
-    step_latents: list[np.ndarray] = field(default_factory=list)  # after each step, if recorded
-    initial_latents: np.ndarray | None = None  # packed start latents, if recorded
-    decoded: np.ndarray | None = None  # (N, H, W, 3) float32 in [0, 1], before quantisation
-    timings: dict[str, Any] = field(default_factory=dict)
-    cache: dict | None = None          # first-block cache stats (FirstBlockCache.stats), if it ran
-
-
-def _sync(device) -> None:
-    import torch
-
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
-class FluxDenoiser:
+class FluxDenoiser(DenoiserBase):
     """Runs PixelContexts of one loaded FLUX.1-layout model (CPU or CUDA, float32 or bfloat16)."""
 
-    def __init__(self, components: dict, rules, *, device: str = "cpu", dtype: str = "float32",
-                 progress: bool = True, first_block_cache: bool = False):
-        import torch
-
-        from models.flux1 import torch_dtype
-
-        self.c = components
-        self.rules = rules
-        self.device = torch.device(device)
-        self.dtype = torch_dtype(dtype)
-        self.progress = progress
-        #: Run the first-block cache at the family default when a request gives no threshold.
-        self.first_block_cache = first_block_cache
-        # The numba kernels are exact float32 data movement / arithmetic on host memory.
-        self._host_f32 = self.device.type == "cpu" and self.dtype == torch.float32
-        self.load_s = 0.0
-
-    @classmethod
-    def from_folder(cls, folder, rules, *, device: str = "cpu", dtype: str = "float32",
-                    progress: bool = True, first_block_cache: bool = False) -> "FluxDenoiser":
-        """Load the components of ``folder`` and time it (``load_s``)."""
-        from models.flux1 import load_components
-
-        t0 = time.perf_counter()
-        comps = load_components(folder, device=device, dtype=dtype)
-        _sync(device)
-        self = cls(comps, rules, device=device, dtype=dtype, progress=progress,
-                   first_block_cache=first_block_cache)
-        self.load_s = time.perf_counter() - t0
-        return self
+    MODELS = "models.flux1"
+    LOOP_FAULTS = LOOP_FAULTS
 
     # ---------------------------------------------------------------------------------- layout
     def _pack(self, x):
@@ -100,20 +51,6 @@ class FluxDenoiser:
         b, _, f = x.shape  # FluxPipeline._unpack_latents
         x = x.view(b, h // 2, w // 2, f // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
         return x.reshape(b, f // 4, h, w)
-
-    def _euler(self, x, v, sigma, sigma_next, s: float, s_next: float):
-        """FlowMatchEulerDiscreteScheduler.step: ``(x.float() + dt·v).to(v.dtype)``, dt float32.
-
-        On CPU float32 the numba kernel (same two roundings) is ~1.7x faster than the torch ops.
-        """
-        import torch
-
-        if self._host_f32:
-            from _fast import euler_step
-
-            return torch.from_numpy(euler_step(x.numpy(), v.numpy(), s, s_next))
-        dt = sigma_next - sigma  # 0-d float32: dt·v stays in v's dtype (no promotion)
-        return (x.to(torch.float32) + dt * v).to(v.dtype)
 
     # ---------------------------------------------------------------------------------- steps
     def encode_prompt(self, tokens: np.ndarray, tokens_2: np.ndarray, n: int):
@@ -155,7 +92,7 @@ class FluxDenoiser:
         sigma = sigma.expand(n)[:, None, None]
         return sigma * noise + (1.0 - sigma) * self._pack(z)
 
-    def _decode(self, latents, ctx: PixelContext):
+    def _decode(self, latents, ctx: PixelContext, fault: str | None = None):
         """unpack → ``x / scaling + shift`` → VAE → ``(x·0.5+0.5).clamp(0,1)`` → uint8
         (diffusers' VaeImageProcessor.postprocess + numpy_to_pil)."""
         vae = self.c["vae"]
@@ -192,7 +129,7 @@ class FluxDenoiser:
         st["sigmas"] = torch.from_numpy(ctx.sigmas).to(self.device)
         return st
 
-    def _velocity(self, st: dict, latents, i: int, true_cfg_scale: float, fault: str | None,
+    def _velocity(self, ctx: PixelContext, st: dict, latents, i: int, fault: str | None,
                   fbc=None):
         """Velocity at step i, with true CFG ``v_neg + s·(v − v_neg)`` when it runs; each pass in
         its own first-block-cache stream when ``fbc`` is given."""
@@ -213,73 +150,13 @@ class FluxDenoiser:
                 v_neg = transformer(pooled_projections=st["neg_pooled"],
                                     encoder_hidden_states=st["neg_embeds"],
                                     txt_ids=st["neg_txt_ids"], **common)[0]
-            v = v_neg + true_cfg_scale * (v - v_neg)
+            v = v_neg + ctx.true_cfg_scale * (v - v_neg)
         return v
 
-    def warm_up(self, ctx: PixelContext) -> float:
-        """One untimed step on the request's shapes (first-call costs, kernel cache loads), no
-        VAE decode; returns seconds."""
-        import torch
-
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            st = self._prepare(ctx, None)
-            x = st["latents"]
-            v = self._velocity(st, x, 0, ctx.true_cfg_scale, None)
-            x = self._euler(x, v, st["sigmas"][0], st["sigmas"][1], float(ctx.sigmas[0]),
-                            float(ctx.sigmas[1]))
-            self._unpack(x, *self.rules.latent_size(ctx.height, ctx.width))
-        _sync(self.device)
-        return time.perf_counter() - t0
-
-    def __call__(self, ctx: PixelContext, *, record_steps: bool = False,
-                 fault: str | None = None) -> PixelResult:
-        """Denoise ``ctx`` and decode; ``fault`` (test-only, one of LOOP_FAULTS) breaks one rule."""
-        if fault is not None and fault not in LOOP_FAULTS:
-            raise ValueError(f"unknown loop fault {fault!r}; known: {', '.join(LOOP_FAULTS)}")
-        import torch
-        from tqdm.auto import tqdm
-
-        from .fbcache import FirstBlockCache, resolve_threshold
-
-        threshold = resolve_threshold(ctx.residual_threshold, self.rules,
-                                      enabled=self.first_block_cache)
-        fbc = FirstBlockCache(self.c["transformer"], threshold)
-        t_total = time.perf_counter()
-        timings: dict[str, Any] = {}
-        with torch.no_grad(), fbc:
-            st = self._prepare(ctx, fault)
-            latents = st["latents"]
-            initial = latents.float().cpu().numpy().copy() if record_steps else None
-            _sync(self.device)
-            timings["prepare_s"] = time.perf_counter() - t_total
-
-            sig, sig_host = st["sigmas"], ctx.sigmas
-            steps_s, recorded = [], []
-            count = len(ctx.timesteps)
-            bar = tqdm(total=count, desc="denoise", unit="step", leave=False,
-                       disable=not self.progress)
-            for i in range(count):
-                t_step = time.perf_counter()
-                v = self._velocity(st, latents, i, ctx.true_cfg_scale, fault, fbc)
-                latents = self._euler(latents, v, sig[i], sig[i + 1],
-                                      float(sig_host[i]), float(sig_host[i + 1]))
-                if record_steps:
-                    recorded.append(latents.float().cpu().numpy().copy())
-                _sync(self.device)
-                steps_s.append(time.perf_counter() - t_step)
-                bar.update()
-            bar.close()
-            timings["steps_s"] = steps_s
-
-            t0 = time.perf_counter()
-            images, decoded = self._decode(latents, ctx)
-            timings["decode_s"] = time.perf_counter() - t0
-        timings["total_s"] = time.perf_counter() - t_total
-        return PixelResult(
-            images=images, decoded=decoded, final_latents=latents.float().cpu().numpy().copy(),
-            timesteps=np.array(ctx.timesteps), step_latents=recorded, initial_latents=initial,
-            timings=timings, cache=fbc.stats())
+    def _warm_step(self, ctx: PixelContext) -> None:
+        st = self._prepare(ctx, None)
+        x = self._step(ctx, st, st["latents"], 0, None)
+        self._unpack(x, *self.rules.latent_size(ctx.height, ctx.width))
 
 
 #: The loop class a family module's ``PIPELINE`` points the CLI at.

@@ -10,13 +10,13 @@ is refused.
 """
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
 
 from harness.context import PixelContext
-from harness.pipelines.flux import PixelResult, _sync
+
+from .denoise import DenoiserBase, PixelResult
 
 __all__ = ["Flux2Denoiser", "Denoiser", "PixelResult", "LOOP_FAULTS", "NO_FIRST_BLOCK_CACHE"]
 
@@ -31,39 +31,14 @@ NO_FIRST_BLOCK_CACHE = (
     "residual_threshold")
 
 
-class Flux2Denoiser:
-    """Runs PixelContexts of one loaded FLUX.2 model (CPU or CUDA, float32 or bfloat16)."""
+class Flux2Denoiser(DenoiserBase):
+    """Runs PixelContexts of one loaded FLUX.2 model (CPU or CUDA, float32 or bfloat16).
 
-    def __init__(self, components: dict, rules, *, device: str = "cpu", dtype: str = "float32",
-                 progress: bool = True, first_block_cache: bool = False):
-        import torch
+    ``first_block_cache`` is the loops' switch; FLUX.2 refuses it (NO_FIRST_BLOCK_CACHE).
+    """
 
-        from models.flux1 import torch_dtype
-
-        self.c = components
-        self.rules = rules
-        self.device = torch.device(device)
-        self.dtype = torch_dtype(dtype)
-        self.progress = progress
-        #: The loops' first-block-cache switch; FLUX.2 refuses it (NO_FIRST_BLOCK_CACHE).
-        self.first_block_cache = first_block_cache
-        # The numba kernels are exact float32 data movement / arithmetic on host memory.
-        self._host_f32 = self.device.type == "cpu" and self.dtype == torch.float32
-        self.load_s = 0.0
-
-    @classmethod
-    def from_folder(cls, folder, rules, *, device: str = "cpu", dtype: str = "float32",
-                    progress: bool = True, first_block_cache: bool = False) -> "Flux2Denoiser":
-        """Load the components of ``folder`` and time it (``load_s``)."""
-        from models.flux2 import load_components
-
-        t0 = time.perf_counter()
-        comps = load_components(folder, device=device, dtype=dtype)
-        _sync(device)
-        self = cls(comps, rules, device=device, dtype=dtype, progress=progress,
-                   first_block_cache=first_block_cache)
-        self.load_s = time.perf_counter() - t0
-        return self
+    MODELS = "models.flux2"
+    LOOP_FAULTS = LOOP_FAULTS
 
     # ---------------------------------------------------------------------------------- layout
     def _patchify(self, x):
@@ -104,17 +79,6 @@ class Flux2Denoiser:
             o.scatter_(0, flat.unsqueeze(1).expand(-1, data.shape[1]), data)
             out.append(o.view(h2, w2, -1).permute(2, 0, 1))
         return torch.stack(out, dim=0)
-
-    def _euler(self, x, v, sigma, sigma_next, s: float, s_next: float):
-        """FlowMatchEulerDiscreteScheduler.step: ``(x.float() + dt·v).to(v.dtype)``, dt float32."""
-        import torch
-
-        if self._host_f32:
-            from _fast import euler_step
-
-            return torch.from_numpy(euler_step(x.numpy(), v.numpy(), s, s_next))
-        dt = sigma_next - sigma
-        return (x.to(torch.float32) + dt * v).to(v.dtype)
 
     def _bn_stats(self, like):
         """(mean, std) of the VAE's latent BatchNorm as (1, 4C, 1, 1), std = sqrt(var + eps)."""
@@ -200,8 +164,10 @@ class Flux2Denoiser:
         st["sigmas"] = torch.from_numpy(ctx.sigmas).to(self.device)
         return st
 
-    def _velocity(self, st: dict, latents, i: int, guidance_scale: float, fault: str | None):
-        """Velocity of the noise tokens at step i, with Klein's CFG when it runs."""
+    def _velocity(self, ctx: PixelContext, st: dict, latents, i: int, fault: str | None,
+                  fbc=None):
+        """Velocity of the noise tokens at step i, with Klein's CFG when it runs (``fbc`` is
+        never on: see ``_cache``)."""
         import torch
 
         transformer = self.c["transformer"]
@@ -218,7 +184,7 @@ class Flux2Denoiser:
         if st["cfg"]:
             v_neg = transformer(encoder_hidden_states=st["neg_embeds"], txt_ids=st["neg_txt_ids"],
                                 **common)[0][:, :seq:]
-            g = 1.0 if fault == "cfg_unguided" else guidance_scale
+            g = 1.0 if fault == "cfg_unguided" else ctx.guidance_scale
             v = v_neg + g * (v - v_neg)
         return v
 
@@ -236,68 +202,18 @@ class Flux2Denoiser:
         decoded = image.cpu().permute(0, 2, 3, 1).float().numpy()
         return (decoded * 255).round().astype(np.uint8), decoded
 
-    def warm_up(self, ctx: PixelContext) -> float:
-        """One untimed step on the request's shapes, no VAE decode; returns seconds."""
-        import torch
-
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            st = self._prepare(ctx, None)
-            x = st["latents"]
-            v = self._velocity(st, x, 0, ctx.guidance_scale, None)
-            x = self._euler(x, v, st["sigmas"][0], st["sigmas"][1], float(ctx.sigmas[0]),
-                            float(ctx.sigmas[1]))
-            self._scatter(x, ctx.latent_image_ids, *self.rules.token_grid(ctx.height, ctx.width))
-        _sync(self.device)
-        return time.perf_counter() - t0
-
-    def __call__(self, ctx: PixelContext, *, record_steps: bool = False,
-                 fault: str | None = None) -> PixelResult:
-        """Denoise ``ctx`` and decode; ``fault`` (test-only, one of LOOP_FAULTS) breaks one rule."""
-        if fault is not None and fault not in LOOP_FAULTS:
-            raise ValueError(f"unknown loop fault {fault!r}; known: {', '.join(LOOP_FAULTS)}")
-        import torch
-        from tqdm.auto import tqdm
-
+    def _cache(self, ctx: PixelContext):
+        """Refuses a first-block cache (NO_FIRST_BLOCK_CACHE); else the base's no-op cache."""
         from harness.errors import RequestError
 
         if ctx.residual_threshold is not None or self.first_block_cache:
             raise RequestError(NO_FIRST_BLOCK_CACHE)
-        t_total = time.perf_counter()
-        timings: dict[str, Any] = {}
-        with torch.no_grad():
-            st = self._prepare(ctx, fault)
-            latents = st["latents"]
-            initial = latents.float().cpu().numpy().copy() if record_steps else None
-            _sync(self.device)
-            timings["prepare_s"] = time.perf_counter() - t_total
+        return super()._cache(ctx)
 
-            sig, sig_host = st["sigmas"], ctx.sigmas
-            steps_s, recorded = [], []
-            count = len(ctx.timesteps)
-            bar = tqdm(total=count, desc="denoise", unit="step", leave=False,
-                       disable=not self.progress)
-            for i in range(count):
-                t_step = time.perf_counter()
-                v = self._velocity(st, latents, i, ctx.guidance_scale, fault)
-                latents = self._euler(latents, v, sig[i], sig[i + 1],
-                                      float(sig_host[i]), float(sig_host[i + 1]))
-                if record_steps:
-                    recorded.append(latents.float().cpu().numpy().copy())
-                _sync(self.device)
-                steps_s.append(time.perf_counter() - t_step)
-                bar.update()
-            bar.close()
-            timings["steps_s"] = steps_s
-
-            t0 = time.perf_counter()
-            images, decoded = self._decode(latents, ctx, fault)
-            timings["decode_s"] = time.perf_counter() - t0
-        timings["total_s"] = time.perf_counter() - t_total
-        return PixelResult(
-            images=images, decoded=decoded, final_latents=latents.float().cpu().numpy().copy(),
-            timesteps=np.array(ctx.timesteps), step_latents=recorded, initial_latents=initial,
-            timings=timings)
+    def _warm_step(self, ctx: PixelContext) -> None:
+        st = self._prepare(ctx, None)
+        x = self._step(ctx, st, st["latents"], 0, None)
+        self._scatter(x, ctx.latent_image_ids, *self.rules.token_grid(ctx.height, ctx.width))
 
 
 #: The loop class a family module's ``PIPELINE`` points the CLI at.

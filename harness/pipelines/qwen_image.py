@@ -11,13 +11,13 @@ exactly like QwenImagePipeline. Layout constants come from the family rules. A f
 """
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
 
 from harness.context import PixelContext
-from harness.pipelines.flux import PixelResult, _sync
+
+from .denoise import DenoiserBase, PixelResult
 
 __all__ = ["QwenImageDenoiser", "Denoiser", "PixelResult", "LOOP_FAULTS"]
 
@@ -25,39 +25,11 @@ __all__ = ["QwenImageDenoiser", "Denoiser", "PixelResult", "LOOP_FAULTS"]
 LOOP_FAULTS = ("no_norm_rescale", "decode_multiply_std", "timestep_not_divided")
 
 
-class QwenImageDenoiser:
+class QwenImageDenoiser(DenoiserBase):
     """Runs PixelContexts of one loaded Qwen-Image(-Edit) model (CPU or CUDA, float32/bfloat16)."""
 
-    def __init__(self, components: dict, rules, *, device: str = "cpu", dtype: str = "float32",
-                 progress: bool = True, first_block_cache: bool = False):
-        import torch
-
-        from models.flux1 import torch_dtype
-
-        self.c = components
-        self.rules = rules
-        self.device = torch.device(device)
-        self.dtype = torch_dtype(dtype)
-        self.progress = progress
-        #: Run the first-block cache at the family default when a request gives no threshold.
-        self.first_block_cache = first_block_cache
-        # The numba kernels are exact float32 data movement / arithmetic on host memory.
-        self._host_f32 = self.device.type == "cpu" and self.dtype == torch.float32
-        self.load_s = 0.0
-
-    @classmethod
-    def from_folder(cls, folder, rules, *, device: str = "cpu", dtype: str = "float32",
-                    progress: bool = True, first_block_cache: bool = False) -> "QwenImageDenoiser":
-        """Load the components of ``folder`` and time it (``load_s``)."""
-        from models.qwen_image import load_components
-
-        t0 = time.perf_counter()
-        comps = load_components(folder, device=device, dtype=dtype)
-        _sync(device)
-        self = cls(comps, rules, device=device, dtype=dtype, progress=progress,
-                   first_block_cache=first_block_cache)
-        self.load_s = time.perf_counter() - t0
-        return self
+    MODELS = "models.qwen_image"
+    LOOP_FAULTS = LOOP_FAULTS
 
     # ---------------------------------------------------------------------------------- layout
     def _pack(self, x):
@@ -85,17 +57,6 @@ class QwenImageDenoiser:
         b, _, f = x.shape
         x = x.view(b, h // 2, w // 2, f // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
         return x.reshape(b, f // 4, 1, h, w)
-
-    def _euler(self, x, v, sigma, sigma_next, s: float, s_next: float):
-        """FlowMatchEulerDiscreteScheduler.step: ``(x.float() + dt·v).to(v.dtype)``, dt float32."""
-        import torch
-
-        if self._host_f32:
-            from _fast import euler_step
-
-            return torch.from_numpy(euler_step(x.numpy(), v.numpy(), s, s_next))
-        dt = sigma_next - sigma  # 0-d float32: dt·v stays in v's dtype (no promotion)
-        return (x.to(torch.float32) + dt * v).to(v.dtype)
 
     # ---------------------------------------------------------------------------------- inputs
     def encode_prompt(self, tokens: np.ndarray, drop: int, n: int, extra: dict):
@@ -198,7 +159,7 @@ class QwenImageDenoiser:
         st["sigmas"] = torch.from_numpy(ctx.sigmas).to(self.device)
         return st
 
-    def _velocity(self, st: dict, latents, i: int, true_cfg_scale: float, fault: str | None,
+    def _velocity(self, ctx: PixelContext, st: dict, latents, i: int, fault: str | None,
                   fbc=None):
         """Velocity at step i; with true CFG the combination rescaled to the conditional norm.
         Each pass runs in its own first-block-cache stream when ``fbc`` is given."""
@@ -221,7 +182,7 @@ class QwenImageDenoiser:
             return v
         with stream("uncond"):
             v_neg = transformer(encoder_hidden_states=st["neg_embeds"], **common)[0][:, :seq]
-        comb = v_neg + true_cfg_scale * (v - v_neg)
+        comb = v_neg + ctx.true_cfg_scale * (v - v_neg)
         if fault == "no_norm_rescale":
             return comb
         cond_norm = torch.norm(v, dim=-1, keepdim=True)
@@ -252,70 +213,11 @@ class QwenImageDenoiser:
         return (decoded * 255).round().astype(np.uint8), decoded
 
     # ---------------------------------------------------------------------------------- run
-    def warm_up(self, ctx: PixelContext) -> float:
-        """One untimed step on the request's shapes (first-call costs, kernel cache loads), without
-        the VAE (conditioning latents are zeros of the right shape); returns seconds."""
-        import torch
-
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            st = self._prepare(ctx, None, encode_images=False)
-            x = st["latents"]
-            v = self._velocity(st, x, 0, ctx.true_cfg_scale, None)
-            x = self._euler(x, v, st["sigmas"][0], st["sigmas"][1], float(ctx.sigmas[0]),
-                            float(ctx.sigmas[1]))
-            self._unpack(x, *self.rules.latent_size(ctx.height, ctx.width))
-        _sync(self.device)
-        return time.perf_counter() - t0
-
-    def __call__(self, ctx: PixelContext, *, record_steps: bool = False,
-                 fault: str | None = None) -> PixelResult:
-        """Denoise ``ctx`` and decode; ``fault`` (test-only, one of LOOP_FAULTS) breaks one rule."""
-        if fault is not None and fault not in LOOP_FAULTS:
-            raise ValueError(f"unknown loop fault {fault!r}; known: {', '.join(LOOP_FAULTS)}")
-        import torch
-        from tqdm.auto import tqdm
-
-        from .fbcache import FirstBlockCache, resolve_threshold
-
-        threshold = resolve_threshold(ctx.residual_threshold, self.rules,
-                                      enabled=self.first_block_cache)
-        fbc = FirstBlockCache(self.c["transformer"], threshold)
-        t_total = time.perf_counter()
-        timings: dict[str, Any] = {}
-        with torch.no_grad(), fbc:
-            st = self._prepare(ctx, fault)
-            latents = st["latents"]
-            initial = latents.float().cpu().numpy().copy() if record_steps else None
-            _sync(self.device)
-            timings["prepare_s"] = time.perf_counter() - t_total
-
-            sig, sig_host = st["sigmas"], ctx.sigmas
-            steps_s, recorded = [], []
-            count = len(ctx.timesteps)
-            bar = tqdm(total=count, desc="denoise", unit="step", leave=False,
-                       disable=not self.progress)
-            for i in range(count):
-                t_step = time.perf_counter()
-                v = self._velocity(st, latents, i, ctx.true_cfg_scale, fault, fbc)
-                latents = self._euler(latents, v, sig[i], sig[i + 1],
-                                      float(sig_host[i]), float(sig_host[i + 1]))
-                if record_steps:
-                    recorded.append(latents.float().cpu().numpy().copy())
-                _sync(self.device)
-                steps_s.append(time.perf_counter() - t_step)
-                bar.update()
-            bar.close()
-            timings["steps_s"] = steps_s
-
-            t0 = time.perf_counter()
-            images, decoded = self._decode(latents, ctx, fault)
-            timings["decode_s"] = time.perf_counter() - t0
-        timings["total_s"] = time.perf_counter() - t_total
-        return PixelResult(
-            images=images, decoded=decoded, final_latents=latents.float().cpu().numpy().copy(),
-            timesteps=np.array(ctx.timesteps), step_latents=recorded, initial_latents=initial,
-            timings=timings, cache=fbc.stats())
+    def _warm_step(self, ctx: PixelContext) -> None:
+        """Without the VAE: conditioning latents are zeros of the right shape."""
+        st = self._prepare(ctx, None, encode_images=False)
+        x = self._step(ctx, st, st["latents"], 0, None)
+        self._unpack(x, *self.rules.latent_size(ctx.height, ctx.width))
 
 
 #: The loop class a family module's ``PIPELINE`` points the CLI at.

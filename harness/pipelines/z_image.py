@@ -9,14 +9,13 @@ float32 throughout. An optional first-block cache (``harness.pipelines.fbcache``
 """
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
 
 from harness.context import PixelContext
 
-from .flux import PixelResult, _sync
+from .denoise import DenoiserBase, PixelResult
 
 __all__ = ["ZImageDenoiser", "Denoiser", "PixelResult", "LOOP_FAULTS"]
 
@@ -24,42 +23,16 @@ __all__ = ["ZImageDenoiser", "Denoiser", "PixelResult", "LOOP_FAULTS"]
 LOOP_FAULTS = ("time_not_reversed", "output_not_negated")
 
 
-class ZImageDenoiser:
+class ZImageDenoiser(DenoiserBase):
     """Runs PixelContexts of one loaded Z-Image model (CPU or CUDA, float32 or bfloat16).
 
     ``first_block_cache=True`` turns the cache on for every request (threshold: the request's,
     else the family default); a request with ``residual_threshold`` turns it on by itself.
     """
 
-    def __init__(self, components: dict, rules, *, device: str = "cpu", dtype: str = "float32",
-                 progress: bool = True, first_block_cache: bool = False):
-        import torch
-
-        from models.flux1 import torch_dtype
-
-        self.c = components
-        self.rules = rules
-        self.device = torch.device(device)
-        self.dtype = torch_dtype(dtype)
-        self.progress = progress
-        self.first_block_cache = first_block_cache
-        # Latents are float32 whatever the model dtype: the numba Euler step applies on CPU.
-        self._host = self.device.type == "cpu"
-        self.load_s = 0.0
-
-    @classmethod
-    def from_folder(cls, folder, rules, *, device: str = "cpu", dtype: str = "float32",
-                    progress: bool = True, first_block_cache: bool = False) -> "ZImageDenoiser":
-        """Load the components of ``folder`` and time it (``load_s``)."""
-        from models.z_image import load_components
-
-        t0 = time.perf_counter()
-        comps = load_components(folder, device=device, dtype=dtype)
-        _sync(device)
-        self = cls(comps, rules, device=device, dtype=dtype, progress=progress,
-                   first_block_cache=first_block_cache)
-        self.load_s = time.perf_counter() - t0
-        return self
+    MODELS = "models.z_image"
+    LOOP_FAULTS = LOOP_FAULTS
+    CACHE_BLOCKS = ("layers",)
 
     # ---------------------------------------------------------------------------------- pieces
     def encode_prompt(self, tokens: np.ndarray, mask: np.ndarray):
@@ -79,7 +52,7 @@ class ZImageDenoiser:
         import torch
 
         x = x.to(torch.float32)
-        if self._host:
+        if self.device.type == "cpu":  # latents are float32 whatever the model dtype
             from _fast import euler_step
 
             return torch.from_numpy(euler_step(x.numpy(), v.numpy(), s, s_next))
@@ -112,7 +85,7 @@ class ZImageDenoiser:
         sigma = sigma.expand(n)[:, None, None, None]
         return sigma * noise + (1.0 - sigma) * z
 
-    def _decode(self, latents, ctx: PixelContext):
+    def _decode(self, latents, ctx: PixelContext, fault: str | None = None):
         """``x / scaling + shift`` → VAE → ``(x·0.5+0.5).clamp(0,1)`` → uint8, as diffusers."""
         vae = self.c["vae"]
         x = latents.to(vae.dtype)
@@ -122,7 +95,7 @@ class ZImageDenoiser:
         decoded = image.cpu().permute(0, 2, 3, 1).float().numpy()
         return (decoded * 255).round().astype(np.uint8), decoded
 
-    def _prepare(self, ctx: PixelContext) -> dict:
+    def _prepare(self, ctx: PixelContext, fault: str | None = None) -> dict:
         """Everything the steps reuse: embeddings, schedule, model times, start latents."""
         import torch
 
@@ -149,7 +122,7 @@ class ZImageDenoiser:
             return 0.0
         return g
 
-    def _velocity(self, ctx: PixelContext, st: dict, latents, i: int, fbc, fault: str | None):
+    def _velocity(self, ctx: PixelContext, st: dict, latents, i: int, fault: str | None, fbc):
         """The negated model output at step i (what the Euler step takes) and the call kind."""
         import torch
 
@@ -187,77 +160,10 @@ class ZImageDenoiser:
         v = v if fault == "output_not_negated" else -v
         return v.to(torch.float32)
 
-    def _cache(self, ctx: PixelContext):
-        from .fbcache import FirstBlockCache, resolve_threshold
-
-        thr = resolve_threshold(ctx.residual_threshold, self.rules,
-                                enabled=self.first_block_cache)
-        return FirstBlockCache(self.c["transformer"], thr, blocks=("layers",))
-
-    # ---------------------------------------------------------------------------------- run
-    def warm_up(self, ctx: PixelContext) -> float:
-        """One untimed step on the request's shapes, no VAE decode; returns seconds."""
-        import torch
-
-        t0 = time.perf_counter()
-        with torch.no_grad(), self._cache(ctx) as fbc:
+    def _warm_step(self, ctx: PixelContext) -> None:
+        with self._cache(ctx) as fbc:
             st = self._prepare(ctx)
-            x = st["latents"]
-            v = self._velocity(ctx, st, x, 0, fbc, None)
-            self._euler(x, v, st["sigmas"][0], st["sigmas"][1], float(ctx.sigmas[0]),
-                        float(ctx.sigmas[1]))
-        _sync(self.device)
-        return time.perf_counter() - t0
-
-    def __call__(self, ctx: PixelContext, *, record_steps: bool = False,
-                 fault: str | None = None) -> PixelResult:
-        """Denoise ``ctx`` and decode; ``fault`` (test-only, one of LOOP_FAULTS) breaks one rule.
-
-        With the first-block cache on, ``result.cache`` holds its statistics (else None).
-        """
-        if fault is not None and fault not in LOOP_FAULTS:
-            raise ValueError(f"unknown loop fault {fault!r}; known: {', '.join(LOOP_FAULTS)}")
-        import torch
-        from tqdm.auto import tqdm
-
-        t_total = time.perf_counter()
-        timings: dict[str, Any] = {}
-        with torch.no_grad(), self._cache(ctx) as fbc:
-            st = self._prepare(ctx)
-            latents = st["latents"]
-            initial = latents.float().cpu().numpy().copy() if record_steps else None
-            _sync(self.device)
-            timings["prepare_s"] = time.perf_counter() - t_total
-
-            sig, sig_host = st["sigmas"], ctx.sigmas
-            steps_s, recorded = [], []
-            count = len(ctx.timesteps)
-            bar = tqdm(total=count, desc="denoise", unit="step", leave=False,
-                       disable=not self.progress)
-            for i in range(count):
-                t_step = time.perf_counter()
-                v = self._velocity(ctx, st, latents, i, fbc, fault)
-                latents = self._euler(latents, v, sig[i], sig[i + 1],
-                                      float(sig_host[i]), float(sig_host[i + 1]))
-                if record_steps:
-                    recorded.append(latents.cpu().numpy().copy())
-                _sync(self.device)
-                steps_s.append(time.perf_counter() - t_step)
-                bar.update()
-            bar.close()
-            timings["steps_s"] = steps_s
-            cache = fbc.stats()
-
-            t0 = time.perf_counter()
-            images, decoded = self._decode(latents, ctx)
-            timings["decode_s"] = time.perf_counter() - t0
-        timings["total_s"] = time.perf_counter() - t_total
-        result = PixelResult(
-            images=images, decoded=decoded, final_latents=latents.cpu().numpy().copy(),
-            timesteps=np.array(ctx.timesteps), step_latents=recorded, initial_latents=initial,
-            timings=timings)
-        result.cache = cache
-        return result
+            self._step(ctx, st, st["latents"], 0, None, fbc)
 
 
 #: The loop class a family module's ``PIPELINE`` points the CLI at.
