@@ -3,10 +3,10 @@
 Run: PYTHONPATH=. python -m pytest bench/bench_family_kernels.py --benchmark-enable --benchmark-group-by=group
 (1 torch thread; on a shared machine compare runs with --benchmark-compare-fail=min:25%).
 """
-import numba
 import numpy as np
 import pytest
 import torch
+from _common import info
 
 from _fast.ids_nd import flux2_image_ids, flux2_text_ids, qwen_image_ids
 from _fast.layouts import (
@@ -30,21 +30,6 @@ from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchE
 FLUX2 = {"1024": (1, 32, 128, 128), "1024-b4": (4, 32, 128, 128)}
 QWEN = {"1024": (1, 1, 16, 128, 128)}
 Z_IMAGE_TURBO = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=False)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def info(benchmark, side):
-    benchmark.extra_info.update(
-        side=side, numba=numba.__version__, numpy=np.__version__, torch=torch.__version__,
-        torch_threads=torch.get_num_threads(), torch_cpu_capability=torch.backends.cpu.get_cpu_capability(),
-    )
 
 
 def randn(shape):

@@ -36,14 +36,6 @@ CASES = {
 THRESHOLDS = ("off", "0.05", "0.1", "0.2", "exercise")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _fixtures(case: str):
     name = CASES[case][0]
     try:

@@ -3,10 +3,10 @@
 Run: PYTHONPATH=. python -m pytest bench/bench_pixel_kernels.py --benchmark-enable --benchmark-group-by=group
 (1 torch thread; on a shared machine compare runs with --benchmark-compare-fail=min:25%).
 """
-import numba
 import numpy as np
 import pytest
 import torch
+from _common import info
 
 from _fast.ids import latent_image_ids
 from _fast.latents import pack_latents, unpack_latents
@@ -20,21 +20,6 @@ FLUX_DEV = dict(
 )
 # name -> latent shape (B, 16, h, w): 1024² pixels is a 128² latent, 2048² a 256² latent
 SIZES = {"1024": (1, 16, 128, 128), "1024-b4": (4, 16, 128, 128), "2048": (1, 16, 256, 256)}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def info(benchmark, side):
-    benchmark.extra_info.update(
-        side=side, numba=numba.__version__, numpy=np.__version__, torch=torch.__version__,
-        torch_threads=torch.get_num_threads(),
-    )
 
 
 def latents(shape):

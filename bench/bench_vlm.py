@@ -26,14 +26,6 @@ MODEL = "tiny-llava"
 NEW_TOKENS = 32
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _info(benchmark, side):
     import transformers
 

@@ -14,28 +14,13 @@ Run (1 torch thread):
 """
 from __future__ import annotations
 
-from importlib import metadata
 
 import pytest
 import torch
+from _common import info
 
 from tests.flux_fixtures import input_image
 from tests.z_image_fixtures import NEGATIVE, PROMPT, denoiser, reference, request, tokenizer
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def info(benchmark, side: str) -> None:
-    benchmark.extra_info.update(
-        side=side, torch_threads=torch.get_num_threads(),
-        **{p: metadata.version(p) for p in ("torch", "diffusers", "transformers", "numba",
-                                             "numpy", "tokenizers")})
 
 
 # --------------------------------------------------------------------------------------------------

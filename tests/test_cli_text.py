@@ -70,6 +70,7 @@ def test_local_folder_and_sampling(pictures, tmp_path):
     assert result["model"]["family"] == "qwen2_vl" and result["request"]["seed"] == 5
     again = tmp_path / "q2"
     proc2 = _cli(*args[:-1], str(again))
+    assert proc2.returncode == 0, proc2.stderr
     assert json.loads((again / "result.json").read_text())["token_ids"] == result["token_ids"]
 
 

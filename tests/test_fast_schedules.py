@@ -6,7 +6,7 @@ import types
 import numpy as np
 import pytest
 import torch
-from hypothesis import assume, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from _fast.schedules import calculate_shift, empirical_mu, euler_step, flow_match_sigmas, trim_for_strength
