@@ -424,16 +424,18 @@ cdef class EOSTracker:
         """
         if not self._stops:
             return None
+        old = len(self._tail)
         text = self._tail + piece
         best_pos = -1
         best = None
         for s in self._stops:
-            pos = text.find(s)
+            # Only matches that end inside the new piece: one found earlier is not found again.
+            pos = text.find(s, max(0, old - len(s) + 1))
             if pos >= 0 and (best_pos < 0 or pos < best_pos):
                 best_pos = pos
                 best = s
         keep = self._max_stop - 1
-        self._tail = text[len(text) - keep:] if keep > 0 else ""
+        self._tail = text[-keep:] if keep > 0 else ""
         return best
 
     def __repr__(self):

@@ -107,6 +107,11 @@ def test_stop_strings_keep_a_bounded_tail():
     t = EOSTracker(eos_stop_strings=["STOP", "end"])
     assert t.is_eos_from_string("hello ST") is None
     assert t.is_eos_from_string("OP now") == "STOP"  # straddles two pieces
+    t = EOSTracker(eos_stop_strings=["xyzw"])
+    assert [t.is_eos_from_string(c) for c in "xyzw"] == [None, None, None, "xyzw"]  # 1 char/token
+    t = EOSTracker(eos_stop_strings=["ab", "wxyz"])
+    assert t.is_eos_from_string("zzab") == "ab"
+    assert t.is_eos_from_string("c") is None  # a match is reported once, not again from the tail
     t = EOSTracker(eos_stop_strings=["ab", "xyz"])
     assert t.is_eos_from_string("..xyz..ab") == "xyz"  # earliest wins
     t = EOSTracker(eos_stop_strings=["abc"])

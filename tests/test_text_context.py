@@ -252,6 +252,9 @@ def test_construction_errors():
     with pytest.raises(ValueError, match="tcp://HOST:PORT"):
         ctx(target_endpoint="tcp://host")
     ctx(target_endpoint="tcp://host:5555")
+    ctx(target_endpoint="tcp://[::1]:5555")
+    with pytest.raises(ValueError, match="tcp://HOST:PORT"):
+        ctx(target_endpoint="tcp://host:99999")
     ctx(target_endpoint="ipc:///tmp/sock")
     with pytest.raises(TypeError, match="TokenBuffer"):
         TextContext(max_length=5, tokens=np.arange(3))
@@ -274,6 +277,8 @@ def test_sampling_params():
         SamplingParams(top_k=-1)
     with pytest.raises(TypeError):
         SamplingParams(0.5)  # keyword-only
+    np_params = SamplingParams(temperature=np.float32(0.5), top_k=np.int64(5), top_p=np.float64(0.9))
+    assert np_params.top_k == 5 and not np_params.is_greedy
 
 
 def test_defaults():

@@ -111,3 +111,29 @@ def test_bad_chunk_size_is_a_request_error():
 
     with pytest.raises(RequestError, match="chunk size"):
         VLMPipeline.generate(object.__new__(VLMPipeline), _context(4, []), chunk_size=0)
+
+
+def test_encoder_row_mismatch_fails_before_any_language_model_call():
+    """A vision tower that returns fewer rows than the prompt has placeholders (model and
+    processor disagree) is reported before the language model runs at all."""
+    import copy
+
+    from harness.errors import RequestError
+    from harness.pipelines.vlm import VLMPipeline
+    from harness.tokenizers import TextAndVisionTokenizer
+    from tests.vlm_fixtures import family, request
+
+    fam = copy.copy(family("tiny-llava"))
+    real_encode = fam.encode
+    fam.encode = lambda image: real_encode(image)[:-1]
+    ctx = TextAndVisionTokenizer(fam).new_context(request(2))
+    pipe = VLMPipeline(fam)
+    calls = []
+    forward = pipe.model.forward
+    pipe.model.forward = lambda *a, **k: calls.append(1) or forward(*a, **k)
+    try:
+        with pytest.raises(RequestError, match="returned .* rows but the prompt has"):
+            pipe.generate(ctx, chunk_size=3)
+    finally:
+        del pipe.model.forward
+    assert calls == []

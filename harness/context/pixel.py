@@ -95,13 +95,14 @@ class PixelContext:
         arr = np.asarray(self.latents)
         if arr.size == 0:
             raise ValueError("to_generation_output() needs an image in latents, but they are empty")
-        if arr.ndim == 4:
+        if arr.ndim == 4 and arr.shape[-1] in (1, 3, 4):
             images = list(arr)
         elif arr.ndim in (2, 3):
             images = [arr]
         else:
             raise ValueError(
-                f"to_generation_output() needs an HxW, HxWxC or NxHxWxC image in latents, got "
+                f"to_generation_output() needs an HxW, HxWxC or NxHxWxC (C in 1, 3, 4) image in "
+                f"latents, got "
                 f"shape {arr.shape}")
         out = []
         for im in images:

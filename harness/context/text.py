@@ -20,7 +20,8 @@ from .status import FUTURE_TOKEN, GenerationStatus, code_from_status, status_fro
 
 __all__ = ["TextContext", "SpecDecodingState", "new_request_id"]
 
-_TCP_ENDPOINT = re.compile(r"^tcp://[^\s:/]+:\d{1,5}$")
+# tcp://HOST:PORT[/...] with HOST a name, IPv4 or [IPv6]; the port is range-checked below.
+_TCP_ENDPOINT = re.compile(r"^tcp://(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(\d{1,5})(/\S*)?$")
 
 
 def new_request_id() -> str:
@@ -111,8 +112,9 @@ class TextContext(ContextCore):
             raise ValueError(
                 f"log_probabilities (number of top log-probs) must be >= 0, got {log_probabilities!r}")
         if target_endpoint is not None:
+            tcp = _TCP_ENDPOINT.match(target_endpoint) if isinstance(target_endpoint, str) else None
             if not isinstance(target_endpoint, str) or not (
-                    _TCP_ENDPOINT.match(target_endpoint)
+                    (tcp is not None and 0 < int(tcp.group(2)) <= 65535)
                     or (target_endpoint.startswith("ipc://") and len(target_endpoint) > 6)):
                 raise ValueError(
                     f"target_endpoint must look like 'tcp://HOST:PORT' or 'ipc://PATH', "

@@ -137,6 +137,10 @@ class VLMPipeline:
         fam = self.family
         positions = fam.prompt_positions(ctx)
         layout = self._image_layout(ctx)
+        # Encode every image still ahead before the first language-model call, so that a
+        # rows-vs-placeholders mismatch fails before any forward of the LM (still once per image).
+        for i, im in enumerate(ctx.next_images, start=ctx.image_idx):
+            cache.get(i, im)
         while True:
             n = plan_chunk_length(ctx, chunk_size, fam.bidirectional_images)
             if n < ctx.tokens.active_length:
