@@ -96,3 +96,30 @@ def redraw(module, std: float, generator) -> None:
         for _, p in sorted(module.named_parameters()):
             if p.ndim >= 2:
                 p.copy_(torch.randn(p.shape, generator=generator, dtype=p.dtype) * std)
+
+
+class AutoencoderKLGeometry:
+    """Rules read from an ``AutoencoderKL``-style VAE config (``self.vae_config``): the scale
+    factor of its resolution levels, the latent normalisation, and its trained sample size."""
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae_config["block_out_channels"]) - 1)
+
+    @property
+    def size_multiple(self) -> int:
+        """Width/height multiple: the VAE factor times the 2x2 packing / patchify."""
+        return 2 * self.vae_scale_factor
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(self.vae_config["scaling_factor"])
+
+    @property
+    def shift_factor(self) -> float:
+        return float(self.vae_config.get("shift_factor") or 0.0)
+
+    @property
+    def default_size(self) -> int:
+        """The VAE's trained sample size (1024 for the real models; the tiny ones say 256)."""
+        return int(self.vae_config.get("sample_size") or 1024)

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from .cache import ensure_built
-from .diffusers_common import (check_tiny_name, class_name, corpus_sha256, load_pretrained,
-                               offline, read_json, redraw, versions)
+from .diffusers_common import (AutoencoderKLGeometry, check_tiny_name, class_name, corpus_sha256,
+                               load_pretrained, offline, read_json, redraw, versions)
 
 __all__ = [
     "FAMILY", "MODALITY", "TINY_NAMES", "PIPELINE", "REFERENCE", "PIPELINE_CLASSES",
@@ -122,7 +122,7 @@ class TextEncoderSpec:
 
 
 @dataclass(frozen=True)
-class Flux1Rules:
+class Flux1Rules(AutoencoderKLGeometry):
     """FLUX.1 rules the tokenizer and the loop ask for, read from a model folder's configs."""
 
     folder: Path
@@ -133,29 +133,12 @@ class Flux1Rules:
     family: str = FAMILY
 
     @property
-    def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae_config["block_out_channels"]) - 1)
-
-    @property
-    def size_multiple(self) -> int:
-        """Width/height multiple: the VAE factor times the 2x2 packing."""
-        return 2 * self.vae_scale_factor
-
-    @property
     def latent_channels(self) -> int:
         return int(self.transformer_config["in_channels"]) // 4
 
     @property
     def guidance_embeds(self) -> bool:
         return bool(self.transformer_config.get("guidance_embeds", False))
-
-    @property
-    def scaling_factor(self) -> float:
-        return float(self.vae_config["scaling_factor"])
-
-    @property
-    def shift_factor(self) -> float:
-        return float(self.vae_config.get("shift_factor") or 0.0)
 
     @property
     def max_area(self) -> int:
@@ -165,11 +148,6 @@ class Flux1Rules:
     def max_input_images(self) -> int:
         """FluxImg2ImgPipeline starts from exactly one input image."""
         return 1
-
-    @property
-    def default_size(self) -> int:
-        """The VAE's trained sample size (1024 for FLUX.1; the tiny model says 256)."""
-        return int(self.vae_config.get("sample_size") or 1024)
 
     @property
     def default_steps(self) -> int:

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from .cache import ensure_built
-from .diffusers_common import (chat_tokenizers_sha256, check_tiny_name, class_name,
-                               corpus_sha256, load_pretrained, offline, read_json, redraw,
-                               versions)
+from .diffusers_common import (AutoencoderKLGeometry, chat_tokenizers_sha256, check_tiny_name,
+                               class_name, corpus_sha256, load_pretrained, offline, read_json,
+                               redraw, versions)
 
 __all__ = [
     "FAMILY", "MODALITY", "TINY_NAMES", "PIPELINE", "REFERENCE", "PIPELINE_CLASSES",
@@ -131,7 +131,7 @@ def tiny_path(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
 
 
 @dataclass(frozen=True)
-class Flux2Rules:
+class Flux2Rules(AutoencoderKLGeometry):
     """FLUX.2 rules the tokenizer and the loop ask for, read from a model folder's configs."""
 
     folder: Path
@@ -149,15 +149,6 @@ class Flux2Rules:
     image_role: str = "conditioning"
 
     # ---------------------------------------------------------------------------- geometry
-    @property
-    def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae_config["block_out_channels"]) - 1)
-
-    @property
-    def size_multiple(self) -> int:
-        """Width/height multiple: the VAE factor times the 2x2 patchify."""
-        return 2 * self.vae_scale_factor
-
     @property
     def latent_channels(self) -> int:
         return int(self.transformer_config["in_channels"]) // 4

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from .cache import ensure_built
-from .diffusers_common import (check_tiny_name, class_name, load_pretrained, offline, read_json,
-                               redraw, sha256, versions)
+from .diffusers_common import (AutoencoderKLGeometry, check_tiny_name, class_name, load_pretrained,
+                               offline, read_json, redraw, sha256, versions)
 
 __all__ = [
     "FAMILY", "MODALITY", "TINY_NAMES", "PIPELINE", "REFERENCE", "PIPELINE_CLASSES",
@@ -140,7 +140,7 @@ def _token(value) -> str | None:
 
 
 @dataclass(frozen=True)
-class ZImageRules:
+class ZImageRules(AutoencoderKLGeometry):
     """Z-Image rules the tokenizer and the loop ask for, read from a model folder's configs."""
 
     folder: Path
@@ -159,29 +159,12 @@ class ZImageRules:
 
     # ---------------------------------------------------------------------------- geometry
     @property
-    def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae_config["block_out_channels"]) - 1)
-
-    @property
     def patch_size(self) -> int:
         return int(self.transformer_config.get("all_patch_size", [2])[0])
 
     @property
-    def size_multiple(self) -> int:
-        """ZImagePipeline refuses sizes that are not multiples of vae_scale_factor * 2."""
-        return 2 * self.vae_scale_factor
-
-    @property
     def latent_channels(self) -> int:
         return int(self.transformer_config["in_channels"])
-
-    @property
-    def scaling_factor(self) -> float:
-        return float(self.vae_config["scaling_factor"])
-
-    @property
-    def shift_factor(self) -> float:
-        return float(self.vae_config.get("shift_factor") or 0.0)
 
     @property
     def max_area(self) -> int:
@@ -190,10 +173,6 @@ class ZImageRules:
     @property
     def max_input_images(self) -> int:
         return 1
-
-    @property
-    def default_size(self) -> int:
-        return int(self.vae_config.get("sample_size") or 1024)
 
     @property
     def default_steps(self) -> int:

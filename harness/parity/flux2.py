@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from . import pixel as _pixel
-from .pixel import CLOSE_TOLERANCE, ReferenceResult, request_options, write_parity
+from .pixel import (CLOSE_TOLERANCE, ReferenceResult, StepRecorder, request_options,
+                    write_parity)
 
 __all__ = ["CLOSE_TOLERANCE", "ReferenceResult", "ReferenceRunner", "compare", "parity_report",
            "write_parity", "request_options"]
@@ -47,12 +48,7 @@ class ReferenceRunner:
         from harness.tokenizers.pixel import load_input_image
 
         pipe = self.pipeline(is_distilled)
-        steps, times = [], []
-
-        def record(_pipe, i, t, kw):
-            steps.append(kw["latents"].float().cpu().numpy().copy())
-            times.append(float(t))
-            return {}
+        record = StepRecorder()
 
         kwargs: dict[str, Any] = dict(
             prompt=request.prompt, height=ctx.height, width=ctx.width,
@@ -78,8 +74,8 @@ class ReferenceRunner:
         images = (decoded * 255).round().astype(np.uint8)  # VaeImageProcessor.numpy_to_pil
         return ReferenceResult(
             pipeline=type(pipe).__name__, inputs=inputs, images=images, decoded=decoded,
-            final_latents=steps[-1] if steps else np.zeros(0, np.float32), step_latents=steps,
-            step_timesteps=times, total_s=total)
+            **record.result_fields(),
+            total_s=total)
 
 
 # The shared comparison already turns "same latents, different images" into a mismatch.

@@ -61,6 +61,25 @@ def request_options(request) -> dict:
     return opts
 
 
+class StepRecorder:
+    """``callback_on_step_end`` for the reference pipelines: a float32 copy of the latents and the
+    timestep after every step, as ``ReferenceResult`` fields."""
+
+    def __init__(self) -> None:
+        self.latents: list[np.ndarray] = []
+        self.timesteps: list[float] = []
+
+    def __call__(self, _pipe, i, t, kw) -> dict:
+        self.latents.append(kw["latents"].float().cpu().numpy().copy())
+        self.timesteps.append(float(t))
+        return {}
+
+    def result_fields(self) -> dict:
+        final = self.latents[-1] if self.latents else np.zeros(0, np.float32)
+        return {"final_latents": final, "step_latents": self.latents,
+                "step_timesteps": self.timesteps}
+
+
 class ReferenceRunner:
     """Builds the family's diffusers pipelines once over the harness's modules and runs them."""
 
@@ -87,12 +106,7 @@ class ReferenceRunner:
 
         img2img = "image_nhwc" in ctx.extra_model_args
         pipe = self.pipeline(img2img)
-        steps, times = [], []
-
-        def record(_pipe, i, t, kw):
-            steps.append(kw["latents"].float().cpu().numpy().copy())
-            times.append(float(t))
-            return {}
+        record = StepRecorder()
 
         kwargs: dict[str, Any] = dict(
             prompt=request.prompt, negative_prompt=request.negative_prompt,
@@ -124,8 +138,8 @@ class ReferenceRunner:
         images = (decoded * 255).round().astype(np.uint8)  # VaeImageProcessor.numpy_to_pil
         return ReferenceResult(
             pipeline=type(pipe).__name__, inputs=inputs, images=images, decoded=decoded,
-            final_latents=steps[-1] if steps else np.zeros(0, np.float32), step_latents=steps,
-            step_timesteps=times, total_s=total, first_block_cache=fbc)
+            **record.result_fields(),
+            total_s=total, first_block_cache=fbc)
 
 
 def _with_fbc_hook(pipe, threshold: float, true_cfg: bool):

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from .pixel import (CLOSE_TOLERANCE, ReferenceResult, _with_fbc_hook, compare, parity_report,
-                    request_options, write_parity)
+from .pixel import (CLOSE_TOLERANCE, ReferenceResult, StepRecorder, _with_fbc_hook, compare,
+                    parity_report, request_options, write_parity)
 
 __all__ = ["CLOSE_TOLERANCE", "ReferenceResult", "ReferenceRunner", "compare", "parity_report",
            "write_parity", "request_options"]
@@ -48,12 +48,7 @@ class ReferenceRunner:
         from harness.tokenizers.pixel import load_input_image
 
         pipe = self.pipeline()
-        steps, times = [], []
-
-        def record(_pipe, i, t, kw):
-            steps.append(kw["latents"].float().cpu().numpy().copy())
-            times.append(float(t))
-            return {}
+        record = StepRecorder()
 
         kwargs: dict[str, Any] = dict(
             prompt=request.prompt, negative_prompt=request.negative_prompt,
@@ -81,5 +76,5 @@ class ReferenceRunner:
         images = (decoded * 255).round().astype(np.uint8)  # VaeImageProcessor.numpy_to_pil
         return ReferenceResult(
             pipeline=type(pipe).__name__, inputs=inputs, images=images, decoded=decoded,
-            final_latents=steps[-1] if steps else np.zeros(0, np.float32), step_latents=steps,
-            step_timesteps=times, total_s=total, first_block_cache=fbc)
+            **record.result_fields(),
+            total_s=total, first_block_cache=fbc)

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from .pixel import (ReferenceResult, compare, first_block_cache_section, parity_report,
-                    request_options, run_uncached, write_parity)
+from .pixel import (ReferenceResult, StepRecorder, compare, first_block_cache_section,
+                    parity_report, request_options, run_uncached, write_parity)
 from .pixel import ReferenceRunner as _PixelRunner
 
 __all__ = ["ReferenceRunner", "ReferenceResult", "compare", "parity_report", "write_parity",
@@ -111,12 +111,7 @@ class ReferenceRunner(_PixelRunner):
 
         img2img = "image_nhwc" in ctx.extra_model_args
         pipe = self.pipeline(img2img)
-        steps, times = [], []
-
-        def record(_pipe, i, t, kw):
-            steps.append(kw["latents"].float().cpu().numpy().copy())
-            times.append(float(t))
-            return {}
+        record = StepRecorder()
 
         kwargs: dict[str, Any] = dict(
             prompt=request.prompt, negative_prompt=request.negative_prompt,
@@ -148,5 +143,5 @@ class ReferenceRunner(_PixelRunner):
         images = (decoded * 255).round().astype(np.uint8)  # VaeImageProcessor.numpy_to_pil
         return ReferenceResult(
             pipeline=type(pipe).__name__, inputs=inputs, images=images, decoded=decoded,
-            final_latents=steps[-1] if steps else np.zeros(0, np.float32), step_latents=steps,
-            step_timesteps=times, total_s=total, first_block_cache=fbc)
+            **record.result_fields(),
+            total_s=total, first_block_cache=fbc)
