@@ -89,7 +89,7 @@ def test_new_context(benchmark, case, side):
     else:
         from PIL import Image
 
-        pipe = reference().pipeline(img2img)
+        pipe = reference().pipeline(img2img=img2img)
         req = request(prompt=PROMPT, **kw)
         pil = Image.fromarray(pixels) if img2img else None
         latents, _ = benchmark(diffusers_preprocess, pipe, req, pil)
@@ -120,7 +120,7 @@ def test_end_to_end(benchmark, case, side):
         def run():
             return den(tok.new_context(req)).images
     else:
-        pipe = reference().pipeline(False)
+        pipe = reference().pipeline(img2img=False)
         call = dict(prompt=req.prompt, negative_prompt=req.negative_prompt, height=req.height,
                     width=req.width, num_inference_steps=req.num_inference_steps,
                     guidance_scale=req.guidance_scale, output_type="np")

@@ -6,7 +6,6 @@ modules (torch, diffusers, transformers) are imported only on the run path, neve
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import secrets
 import shutil
@@ -195,8 +194,7 @@ def _run_image(args, resolved, outputs: _Outputs, say) -> dict:
         f"mu {'none (static shift)' if mu is None else f'{mu:.4f}'}, "
         f"sigma {float(ctx.sigmas[0]):.6g} -> {float(ctx.sigmas[-2]):.6g}")
 
-    denoiser_mod = importlib.import_module(fam.PIPELINE)
-    denoiser = denoiser_mod.Denoiser.from_folder(
+    denoiser = fam.Denoiser.from_folder(
         resolved.path, rules, device=args.device, dtype=args.dtype, progress=not args.quiet)
     warmup_s = 0.0 if args.no_warmup else denoiser.warm_up(ctx)
     result = denoiser(ctx, record_steps=args.parity)
@@ -265,21 +263,19 @@ def _request_options(request) -> dict:
 
 def _image_parity(args, resolved, rules, denoiser, request, ctx, result, timings, out_dir, files,
                   say) -> dict:
-    ref_mod = importlib.import_module(resolved.family.REFERENCE)
-    runner = ref_mod.ReferenceRunner(resolved.family, resolved.path, denoiser.c, rules)
-    import inspect
+    from harness.parity.pixel import (first_block_cache_section, parity_report, run_uncached,
+                                      write_parity)
 
+    runner = resolved.family.ReferenceRunner(resolved.path, denoiser.c, rules)
     cache = getattr(result, "cache", None)
-    extra, fbc = {}, {}
-    if cache is not None and "residual_threshold" in inspect.signature(runner).parameters:
-        extra["residual_threshold"] = cache["threshold"]  # diffusers' own first-block cache
-    ref = runner(request, ctx, initial_latents=result.initial_latents, **extra)
+    fbc = {}
+    # With the harness's first-block cache on, the reference runs under diffusers' own hook.
+    ref = runner(request, ctx, initial_latents=result.initial_latents,
+                 residual_threshold=None if cache is None else cache["threshold"])
     if cache is not None:
-        from harness.parity.pixel import first_block_cache_section, run_uncached
-
         fbc["first_block_cache"] = first_block_cache_section(
             result, run_uncached(denoiser, ctx), ref)
-    report = ref_mod.parity_report(
+    report = parity_report(
         family=resolved.family.FAMILY,
         model={"name": resolved.name, "folder": str(resolved.path)},
         request=_request_options(request), ours=result, ref=ref, device=args.device,
@@ -287,7 +283,7 @@ def _image_parity(args, resolved, rules, denoiser, request, ctx, result, timings
             "new_context_s", "prepare_s", "decode_s")} | {"total_s": result.timings["total_s"],
                                                           "steps_s": timings["steps_s"]},
         **fbc)
-    for path in ref_mod.write_parity(out_dir, report, ref, files):
+    for path in write_parity(out_dir, report, ref, files):
         say(f"wrote {path}")
     say(f"parity: {report['verdict']} (final latents max |diff| "
         f"{report['final_latents_max_abs_diff']}, first divergent step "

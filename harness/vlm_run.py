@@ -142,7 +142,7 @@ def _request_dict(opts: dict) -> dict:
 def run(args, resolved, output_dir: Path) -> dict:
     """Serve one text-generation request with a VLM family; return the result.json payload."""
     opts = validate_args(args)
-    from models.vlm_common import offline_env
+    from harness.env import offline_env
 
     offline_env()
     from harness.pipelines.vlm import VLMPipeline

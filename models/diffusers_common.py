@@ -9,9 +9,12 @@ import os
 from importlib import metadata
 from pathlib import Path
 
+from harness.env import offline_env, torch_dtype
+
 __all__ = ["read_json", "class_name", "versions", "sha256", "corpus_sha256",
-           "chat_tokenizers_sha256", "check_tiny_name", "offline", "torch_dtype",
-           "load_pretrained", "redraw"]
+           "chat_tokenizers_sha256", "check_tiny_name", "offline_env",
+           "load_pretrained", "redraw", "special_token", "AutoencoderKLGeometry",
+           "FlowMatchSchedule", "read_chat_template"]
 
 
 def read_json(path: Path) -> dict:
@@ -55,28 +58,10 @@ def check_tiny_name(name: str, names: tuple[str, ...], label: str) -> None:
         raise ValueError(f"unknown tiny {label} model {name!r}; known: {', '.join(names)}")
 
 
-def offline() -> None:
-    # Read once at import by huggingface_hub: must be set before diffusers/transformers load.
-    # Forced, not defaulted: nothing is ever downloaded (local_files_only is passed as well).
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-
-
-def torch_dtype(dtype: str):
-    import torch
-
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16}
-    if dtype not in table:
-        raise ValueError(f"dtype {dtype!r} is not supported; allowed: float32, bfloat16")
-    return table[dtype]
-
-
 def load_pretrained(folder: str | os.PathLike, classes: dict, *, device: str,
                     dtype: str) -> dict:
     """``{name: cls.from_pretrained(folder / name, local_files_only=True)}`` in ``dtype``, in
-    order, each moved to ``device``, in eval mode and frozen. Call ``offline()`` first."""
+    order, each moved to ``device``, in eval mode and frozen. Call ``offline_env()`` first."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # per-file "Loading weights" bars
@@ -123,3 +108,67 @@ class AutoencoderKLGeometry:
     def default_size(self) -> int:
         """The VAE's trained sample size (1024 for the real models; the tiny ones say 256)."""
         return int(self.vae_config.get("sample_size") or 1024)
+
+
+def special_token(value, default: str | None = None) -> str | None:
+    """A special token as tokenizer_config.json stores it (a string or an AddedToken dict)."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value or default
+
+
+class FlowMatchSchedule:
+    """Rules read from a ``FlowMatchEulerDiscreteScheduler`` config (``self.scheduler_config``):
+    the resolution-dependent shift mu and the options of ``_fast.flow_match_sigmas``. Missing keys
+    take the same ``.get`` defaults the diffusers pipelines use."""
+
+    def linear_shift_mu(self, image_seq_len: int) -> float:
+        """``calculate_shift``: mu linear in the packed sequence length (FLUX.1's rule)."""
+        from _fast import calculate_shift
+
+        cfg = self.scheduler_config
+        return calculate_shift(image_seq_len, cfg.get("base_image_seq_len", 256),
+                               cfg.get("max_image_seq_len", 4096), cfg.get("base_shift", 0.5),
+                               cfg.get("max_shift", 1.15))
+
+    def mu(self, height: int, width: int) -> float | None:
+        """Dynamic-shift mu from the packed sequence length; None without dynamic shifting."""
+        if not self.scheduler_config.get("use_dynamic_shifting"):
+            return None
+        return self.linear_shift_mu(self.image_seq_len(height, width))
+
+    def sigma_options(self, mu: float | None, *, shifted: bool = True,
+                      terminal: bool = True) -> dict:
+        """Keyword arguments of ``flow_match_sigmas`` / ``z_image_sigmas`` for this scheduler.
+
+        ``shifted=False`` drops the shift and ``terminal=False`` the shift_terminal stretch (wrong
+        variants, for the parity tests' negative controls)."""
+        cfg = self.scheduler_config
+        dynamic = bool(cfg.get("use_dynamic_shifting")) and shifted
+        return dict(
+            shift=float(cfg.get("shift", 1.0)) if shifted else 1.0,
+            use_dynamic_shifting=dynamic,
+            mu=mu if dynamic else None,
+            time_shift_type=cfg.get("time_shift_type", "exponential"),
+            shift_terminal=cfg.get("shift_terminal") if terminal else None,
+            invert_sigmas=bool(cfg.get("invert_sigmas", False)),
+            num_train_timesteps=int(cfg.get("num_train_timesteps", 1000)),
+            use_karras_sigmas=bool(cfg.get("use_karras_sigmas", False)),
+            use_exponential_sigmas=bool(cfg.get("use_exponential_sigmas", False)),
+        )
+
+
+def read_chat_template(tokenizer_dir: Path, tokenizer_config: dict) -> str | None:
+    """A tokenizer folder's chat template: chat_template.jinja, chat_template.json or the
+    tokenizer_config.json entry (of a list of named templates, the default one); None if absent."""
+    tokenizer_dir = Path(tokenizer_dir)
+    if (tokenizer_dir / "chat_template.jinja").is_file():
+        return (tokenizer_dir / "chat_template.jinja").read_text(encoding="utf-8")
+    template = None
+    if (tokenizer_dir / "chat_template.json").is_file():
+        template = read_json(tokenizer_dir / "chat_template.json").get("chat_template")
+    if template is None:
+        template = tokenizer_config.get("chat_template")
+    if isinstance(template, list):  # named templates: the default one
+        template = next((t["template"] for t in template if t.get("name") == "default"), None)
+    return template if isinstance(template, str) else None

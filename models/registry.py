@@ -1,9 +1,18 @@
 """Which family serves a model: tiny names, local folders and offline HF cache ids.
 
-Each family is a module ``models.<family>`` that defines at least
-``FAMILY`` (str), ``MODALITY`` ("image" or "text"), ``TINY_NAMES`` (names it builds offline),
-``tiny_path(name, cache_dir=None) -> Path`` (builds on first use) and ``matches(folder) -> bool``
-(does a local model folder belong to this family).
+Each family is a package ``models/<family>/`` whose ``__init__`` exports the family contract:
+
+- every family: ``FAMILY`` (str), ``MODALITY`` ("image" or "text"), ``TINY_NAMES`` (names it
+  builds offline), ``tiny_path(name, cache_dir=None) -> Path`` (builds on first use) and
+  ``matches(folder) -> bool`` (does a local model folder belong to this family);
+- image families: ``rules(folder)`` (configs → numbers, what ``PixelGenerationTokenizer`` asks),
+  ``Denoiser`` (a ``harness.pipelines.denoise.DenoiserBase`` subclass) and ``ReferenceRunner``
+  (a ``harness.parity.pixel.ReferenceRunner`` subclass);
+- text (VLM) families: ``load(folder, device, dtype)`` → a
+  ``harness.pipelines.vlm_family.VLMFamily`` adapter.
+
+Adding a family: write its package, then add its name to ``FAMILY_MODULES`` below. The importing
+of a family is cheap (no torch); heavy modules load when a model runs.
 """
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ PROMPTS = [
 
 
 def ref_pipe():
-    return reference().pipeline(False)
+    return reference().pipeline(img2img=False)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -246,7 +246,7 @@ def test_input_image_preprocessing_matches_vae_image_processor(kind, tmp_path):
         Image.fromarray(pixels).save(source)
     ctx = tokenizer().new_context(request(height=96, width=160, input_image=source))
     rgb = (Image.fromarray(pixels[:, :, 0]) if kind == "gray_array" else Image.fromarray(pixels))
-    expect = reference().pipeline(True).image_processor.preprocess(
+    expect = reference().pipeline(img2img=True).image_processor.preprocess(
         rgb.convert("RGB"), height=96, width=160)
     got = ctx.extra_model_args["image_nhwc"]
     assert got.shape == (1, 96, 160, 3) and got.dtype == np.float32

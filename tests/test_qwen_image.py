@@ -133,9 +133,9 @@ def test_edit_tokens_and_pixels_equal_the_pipeline_processor(name, n_images):
 
 def test_tokenizer_build_is_deterministic(tmp_path):
     from models.chat_tokenizers import build_qwen_tokenizer
-    from models.qwen_image import _QWEN_SPECIALS, TINY_RECIPE, _templates_corpus
+    from models.qwen_image import QWEN_IMAGE_SPECIALS, TINY_RECIPE, templates_corpus
 
-    build_qwen_tokenizer(tmp_path, extra_texts=_templates_corpus(), specials=_QWEN_SPECIALS,
+    build_qwen_tokenizer(tmp_path, extra_texts=templates_corpus(), specials=QWEN_IMAGE_SPECIALS,
                          chat_template=None, **TINY_RECIPE["tokenizer"])
     built = resolved(T2I).path / "tokenizer"
     for name in ("tokenizer.json", "tokenizer_config.json"):
@@ -343,7 +343,7 @@ def test_first_block_cache_matches_diffusers_hook_bitwise(threshold):
     """residual_threshold: the generic cache in this loop (streams cond / uncond, as the pipeline
     names its calls) against diffusers' FirstBlockCache hook at the same threshold."""
     from harness.parity.pixel import run_uncached
-    from harness.parity.qwen_image import compare
+    from harness.parity.pixel import compare
 
     req = request(num_inference_steps=8, residual_threshold=threshold, **CFG)
     ctx = tokenizer().new_context(req)

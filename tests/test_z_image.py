@@ -34,7 +34,7 @@ def assert_bitwise(ours, ref, cmp):
 
 
 def pipe(img2img: bool = False):
-    return reference().pipeline(img2img)
+    return reference().pipeline(img2img=img2img)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -342,7 +342,7 @@ def test_negative_controls_are_detected(fault, kind, min_diff):
 def test_numpy_linspace_sigmas_are_caught_bitwise_only():
     """np.linspace differs from torch.linspace in the last bit at N=10 (spec: 4.0e-6 on latents):
     below the report's 'close' tolerance, so only the bitwise check and the 2e-6 bound catch it."""
-    from harness.parity.z_image import compare
+    from harness.parity.pixel import compare
 
     req = request(num_inference_steps=10, guidance_scale=3.0)
     ctx, ours, ref, cmp = parity(req, tokenizer_fault="numpy_linspace_sigmas")
@@ -373,7 +373,7 @@ def test_cache_is_off_by_default_and_a_tiny_threshold_changes_nothing():
 
 
 def test_cache_default_threshold_is_0_06():
-    from harness.pipelines.z_image import ZImageDenoiser
+    from models.z_image import ZImageDenoiser
 
     d = denoiser()
     cached = ZImageDenoiser(d.c, d.rules, progress=False, first_block_cache=True)
@@ -418,7 +418,7 @@ def test_diffusers_first_block_cache_does_not_run_z_image_unpatched():
 def test_cache_matches_diffusers_first_block_cache_hook(mode):
     """Same decisions, same bits as diffusers' FBC hooks (with the runner's two shims) driving
     ZImagePipeline; afterwards the shared transformer is plain again."""
-    from harness.parity.z_image import compare, first_block_cache_section, run_uncached
+    from harness.parity.pixel import compare, first_block_cache_section, run_uncached
 
     kw = {"cfg_off": {}, "cfg_on": {"guidance_scale": 3.0},
           "cfg_truncated": {"guidance_scale": 3.0, "cfg_truncation": 0.3}}[mode]

@@ -1,76 +1,42 @@
-"""Shared helpers for the Z-Image tests: the tiny model is built and loaded once per process."""
+"""The Z-Image tests' fixtures: ``tests.pixel_fixtures`` bound to the tiny Z-Image (whose requests
+default to guidance 0, no CFG)."""
 from __future__ import annotations
 
-import functools
+from tests import pixel_fixtures as px
+from tests.pixel_fixtures import NEGATIVE, PROMPT  # noqa: F401
 
 TINY = "tiny-z-image"
-PROMPT = "a photo of a cat sitting on a red chair"
-NEGATIVE = "blurry, low quality"
 
 
-@functools.lru_cache(maxsize=None)
 def resolved():
-    from models.registry import resolve
-
-    return resolve(TINY)
+    return px.resolved(TINY)
 
 
-@functools.lru_cache(maxsize=None)
 def tokenizer(dtype: str = "float32"):
-    from harness.tokenizers import PixelGenerationTokenizer
-
-    return PixelGenerationTokenizer(resolved(), dtype=dtype)
+    return px.tokenizer(TINY, dtype)
 
 
-@functools.lru_cache(maxsize=None)
 def denoiser(dtype: str = "float32"):
-    """The harness loop over the tiny model (one torch thread, as the parity runs assume)."""
-    import torch
-
-    from harness.pipelines.z_image import ZImageDenoiser
-
-    torch.set_num_threads(1)
-    return ZImageDenoiser.from_folder(resolved().path, tokenizer(dtype).rules, dtype=dtype,
-                                      progress=False)
+    return px.denoiser(TINY, dtype)
 
 
-@functools.lru_cache(maxsize=None)
 def reference(dtype: str = "float32"):
     """ZImagePipeline / ZImageImg2ImgPipeline over the very modules ``denoiser`` loaded."""
-    from harness.parity.z_image import ReferenceRunner
-
-    r = resolved()
-    return ReferenceRunner(r.family, r.path, denoiser(dtype).c, tokenizer(dtype).rules)
+    return px.reference(TINY, dtype)
 
 
 def request(**kw):
-    from harness.tokenizers import PixelGenerationRequest
-
-    kw.setdefault("prompt", PROMPT)
-    kw.setdefault("height", 64)
-    kw.setdefault("width", 64)
-    kw.setdefault("num_inference_steps", 4)
     kw.setdefault("guidance_scale", 0.0)
-    kw.setdefault("seed", 0)
-    return PixelGenerationRequest(**kw)
+    return px.request(**kw)
 
 
 def faulty_context(req, fault: str, dtype: str = "float32"):
-    """A deliberately wrong context straight from the family hook (``new_context`` only knows
-    the FLUX fault names)."""
-    from harness.tokenizers.pixel import _validate
-
-    tok = tokenizer(dtype)
-    return tok.rules.build_context(tok, req, _validate(req, tok.rules), fault=fault)
+    """A deliberately wrong context (a Z-Image tokenizer fault)."""
+    return tokenizer(dtype).new_context(req, fault=fault)
 
 
 def parity(req, *, dtype: str = "float32", tokenizer_fault=None, loop_fault=None):
     """(context, harness result, reference result, comparison) for one request; the reference
     always gets the correct context."""
-    from harness.parity.z_image import compare
-
-    good = tokenizer(dtype).new_context(req)
-    ctx = good if tokenizer_fault is None else faulty_context(req, tokenizer_fault, dtype)
-    ours = denoiser(dtype)(ctx, record_steps=True, fault=loop_fault)
-    ref = reference(dtype)(req, good, initial_latents=ours.initial_latents)
-    return ctx, ours, ref, compare(ours, ref)
+    return px.parity(TINY, req, dtype=dtype, tokenizer_fault=tokenizer_fault,
+                     loop_fault=loop_fault)

@@ -1,7 +1,8 @@
 """Image parity: the harness loop against diffusers' own pipeline on the same modules and inputs.
 
-The reference is the family's diffusers pipeline (FluxPipeline / FluxImg2ImgPipeline for FLUX.1)
-built over the very modules the harness loaded. With torch noise it gets a CPU generator seeded
+The reference is the family's diffusers pipeline (FluxPipeline / FluxImg2ImgPipeline for FLUX.1;
+each family's ``ReferenceRunner`` subclass says which and with what arguments) built over the very
+modules the harness loaded. With torch noise it gets a CPU generator seeded
 like the request, so it draws its own noise (and, for img2img, the VAE posterior sample first):
 equal initial latents are then part of what is checked. With numpy noise it gets our initial
 latents through ``latents=``. Per-step latents come from ``callback_on_step_end``.
@@ -25,8 +26,9 @@ import numpy as np
 from .report import (atomic_write_bytes, atomic_write_json, atomic_write_text, environment,
                      fmt_num, markdown_table, max_abs_diff, mean_abs_diff, psnr_db)
 
-__all__ = ["CLOSE_TOLERANCE", "ReferenceResult", "ReferenceRunner", "compare", "parity_report",
-           "write_parity", "request_options", "run_uncached", "first_block_cache_section"]
+__all__ = ["CLOSE_TOLERANCE", "ReferenceResult", "ReferenceRunner", "StepRecorder", "compare",
+           "parity_report", "write_parity", "request_options", "run_uncached",
+           "first_block_cache_section", "with_fbc_hook"]
 
 #: Final-latent max |Δ| up to which a non-bitwise run is called "close".
 CLOSE_TOLERANCE = 1e-4
@@ -81,56 +83,74 @@ class StepRecorder:
 
 
 class ReferenceRunner:
-    """Builds the family's diffusers pipelines once over the harness's modules and runs them."""
+    """Runs a family's diffusers pipeline for a request, over the very modules the harness loaded.
 
-    def __init__(self, family, folder, components: dict, rules):
-        self.family = family
+    A family subclass (``models/<family>/reference.py``) sets ``reference_pipeline`` (its
+    ``(components, folder, **key) -> pipeline`` builder) and ``call_kwargs`` (the pipeline
+    arguments of a request); it may change ``pipeline_key`` (which of its pipelines a context
+    needs), ``start_latents`` (what ``latents=`` gets under numpy noise) and ``cache_hook`` (how
+    diffusers' FirstBlockCache hook is applied). Pipelines are built once per key.
+    """
+
+    #: ``(components, folder, **key) -> DiffusionPipeline``, set by the family.
+    reference_pipeline = None
+
+    def __init__(self, folder, components: dict, rules):
         self.folder = Path(folder)
         self.components = components
         self.rules = rules
-        self._pipes: dict[bool, Any] = {}
+        self._pipes: dict[tuple, Any] = {}
 
-    def pipeline(self, img2img: bool):
-        if img2img not in self._pipes:
-            self._pipes[img2img] = self.family.reference_pipeline(self.components, self.folder,
-                                                                  img2img=img2img)
-        return self._pipes[img2img]
+    def pipeline(self, **key):
+        """The family's reference pipeline for ``key`` (built on first use; a None value means
+        the pipeline's default, as if left out)."""
+        key = {k: v for k, v in key.items() if v is not None}
+        cache_key = tuple(sorted(key.items()))
+        if cache_key not in self._pipes:
+            self._pipes[cache_key] = type(self).reference_pipeline(self.components, self.folder,
+                                                                    **key)
+        return self._pipes[cache_key]
 
+    # ---------------------------------------------------------------------------------- hooks
+    def pipeline_key(self, ctx) -> dict:
+        """Which pipeline ``ctx`` needs: ``{"img2img": ...}`` for families with two."""
+        return {}
+
+    def call_kwargs(self, request, ctx) -> dict:
+        """The pipeline's arguments for ``request`` (noise and callbacks are added here)."""
+        raise NotImplementedError
+
+    def start_latents(self, ctx, initial_latents: np.ndarray | None) -> np.ndarray:
+        """What ``latents=`` gets with numpy noise: the context's packed noise by default."""
+        return ctx.latents
+
+    def cache_hook(self, pipe, threshold: float, ctx):
+        """``(info, callable)``: ``pipe`` under diffusers' FirstBlockCache hook at ``threshold``."""
+        return with_fbc_hook(pipe, threshold, ctx.negative_tokens is not None)
+
+    # ---------------------------------------------------------------------------------- run
     def __call__(self, request, ctx, *, initial_latents: np.ndarray | None = None,
-                 residual_threshold: float | None = None) -> ReferenceResult:
+                 residual_threshold: float | None = None, **key) -> ReferenceResult:
         """Run the reference for ``request`` (whose context is ``ctx``); see the module notes.
-        ``residual_threshold``: run it under diffusers' first-block cache hook at that value."""
+        ``residual_threshold``: run it under diffusers' first-block cache hook at that value;
+        ``key`` overrides ``pipeline_key`` (e.g. FLUX.2's ``is_distilled``)."""
         import torch
 
-        from harness.tokenizers.pixel import load_input_image
-
-        img2img = "image_nhwc" in ctx.extra_model_args
-        pipe = self.pipeline(img2img)
+        pipe = self.pipeline(**(self.pipeline_key(ctx) | key))
         record = StepRecorder()
-
-        kwargs: dict[str, Any] = dict(
-            prompt=request.prompt, negative_prompt=request.negative_prompt,
-            true_cfg_scale=ctx.true_cfg_scale, height=ctx.height, width=ctx.width,
-            num_inference_steps=ctx.num_inference_steps, guidance_scale=ctx.guidance_scale,
-            num_images_per_prompt=ctx.num_images_per_prompt,
-            max_sequence_length=self.rules.max_text_length, output_type="np",
-            callback_on_step_end=record, callback_on_step_end_tensor_inputs=["latents"])
-        if img2img:
-            kwargs.update(image=load_input_image(request.input_image), strength=ctx.strength)
+        kwargs: dict[str, Any] = self.call_kwargs(request, ctx)
+        kwargs.update(output_type="np", callback_on_step_end=record,
+                      callback_on_step_end_tensor_inputs=["latents"])
         if request.noise == "torch":
             kwargs["generator"] = torch.Generator("cpu").manual_seed(ctx.extra_model_args["seed"])
             inputs = "generator"
         else:
-            start = initial_latents if img2img else ctx.latents
-            if start is None:
-                raise ValueError("numpy-noise img2img parity needs the harness's initial latents")
+            start = self.start_latents(ctx, initial_latents)
             kwargs["latents"] = torch.from_numpy(np.array(start, dtype=np.float32))
             inputs = "latents"
-        fbc = None
+        fbc, run = None, pipe
         if residual_threshold is not None:
-            fbc, run = _with_fbc_hook(pipe, residual_threshold, ctx.negative_tokens is not None)
-        else:
-            run = pipe
+            fbc, run = self.cache_hook(pipe, residual_threshold, ctx)
         t0 = time.perf_counter()
         out = run(**kwargs)
         total = time.perf_counter() - t0
@@ -138,11 +158,10 @@ class ReferenceRunner:
         images = (decoded * 255).round().astype(np.uint8)  # VaeImageProcessor.numpy_to_pil
         return ReferenceResult(
             pipeline=type(pipe).__name__, inputs=inputs, images=images, decoded=decoded,
-            **record.result_fields(),
-            total_s=total, first_block_cache=fbc)
+            **record.result_fields(), total_s=total, first_block_cache=fbc)
 
 
-def _with_fbc_hook(pipe, threshold: float, true_cfg: bool):
+def with_fbc_hook(pipe, threshold: float, true_cfg: bool):
     """(info, callable): ``pipe`` run under diffusers' FirstBlockCache hook, removed afterwards.
 
     The hook keys its state by ``transformer.cache_context(name)``; FluxPipeline sets "cond" /

@@ -43,11 +43,11 @@ def _host(latents) -> np.ndarray:
 class DenoiserBase:
     """Runs PixelContexts of one loaded model (CPU or CUDA, float32 or bfloat16).
 
-    A family subclass sets ``MODELS`` (its ``models`` module, for ``load_components``) and
-    ``LOOP_FAULTS``, and supplies ``_prepare``, ``_velocity``, ``_decode`` and ``_warm_step``.
+    A family subclass (in ``models/<family>/loop.py``) sets ``LOOP_FAULTS``, and supplies
+    ``load_components`` (its folder → modules loader), ``_prepare``, ``_velocity``, ``_decode``
+    and ``_warm_step``.
     """
 
-    MODELS = ""
     #: Deliberately wrong variants, for the parity tests' negative controls only.
     LOOP_FAULTS: tuple[str, ...] = ()
     #: The ModuleLists the first-block cache spans (None: FirstBlockCache's default).
@@ -57,7 +57,7 @@ class DenoiserBase:
                  progress: bool = True, first_block_cache: bool = False):
         import torch
 
-        from models.diffusers_common import torch_dtype
+        from harness.env import torch_dtype
 
         self.c = components
         self.rules = rules
@@ -74,16 +74,18 @@ class DenoiserBase:
     def from_folder(cls, folder, rules, *, device: str = "cpu", dtype: str = "float32",
                     progress: bool = True, first_block_cache: bool = False):
         """Load the components of ``folder`` and time it (``load_s``)."""
-        import importlib
-
         t0 = time.perf_counter()
-        comps = importlib.import_module(cls.MODELS).load_components(folder, device=device,
-                                                                    dtype=dtype)
+        comps = cls.load_components(folder, device=device, dtype=dtype)
         sync(device)
         self = cls(comps, rules, device=device, dtype=dtype, progress=progress,
                    first_block_cache=first_block_cache)
         self.load_s = time.perf_counter() - t0
         return self
+
+    @staticmethod
+    def load_components(folder, *, device: str, dtype: str) -> dict:
+        """``{name: module}`` of a model folder (the family's own loader)."""
+        raise NotImplementedError
 
     # ---------------------------------------------------------------------------------- steps
     def _euler(self, x, v, sigma, sigma_next, s: float, s_next: float):

@@ -1,7 +1,7 @@
 """The VLM loop: chunk planner, encoder cache, chunked prefill and decode over an HF model.
 
 The context drives everything: ``tokens.chunk(n)`` / ``update()`` move the window, the status
-says when to stop. The family object (``models.vlm_common.VLMFamily``) answers every
+says when to stop. The family adapter (``harness.pipelines.vlm_family.VLMFamily``) answers every
 model-specific question, so there is no family branch here.
 """
 from __future__ import annotations

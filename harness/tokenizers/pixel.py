@@ -1,13 +1,12 @@
 """Request → PixelContext: validation, tokens, schedule, noise, ids, input-image preprocessing.
 
 Everything family-specific (latent layout, schedule constants, encoder lengths, CFG rule) is asked
-of the family's rules object (``models.<family>.rules(folder)``); this module only follows them.
+of the family's rules object (``family.rules(folder)`` of the resolved model it is handed); this
+module only follows them and never imports a family.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 import os
 import secrets
 import warnings
@@ -21,6 +20,7 @@ from harness.context import PixelContext
 from harness.context.outputs import OUTPUT_FORMATS
 from harness.context.text import new_request_id
 from harness.errors import RequestError
+from harness.images import check_size, is_int, is_real, load_input_image, preprocess_image
 
 __all__ = ["PixelGenerationRequest", "PixelGenerationTokenizer", "NOISE_CONVENTIONS",
            "TOKENIZER_FAULTS", "load_input_image"]
@@ -67,26 +67,6 @@ class PixelGenerationRequest:
 # validation
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def _is_real(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _check_size(name: str, value, multiple: int) -> int:
-    if not _is_int(value):
-        raise RequestError(f"{name} must be an integer number of pixels, got {value!r}")
-    if value < multiple:
-        raise RequestError(f"{name} must be at least {multiple} pixels, got {value}")
-    if value % multiple:
-        raise RequestError(f"{name} must be a multiple of {multiple}, got {value} "
-                           f"(nearest: {value // multiple * multiple} or "
-                           f"{(value // multiple + 1) * multiple})")
-    return int(value)
-
-
 def _validate(req: PixelGenerationRequest, rules) -> dict:
     """Every request rule of pixel_pipelines.md §3; returns the resolved options."""
     if not isinstance(req.prompt, str) or not req.prompt.strip():
@@ -95,30 +75,30 @@ def _validate(req: PixelGenerationRequest, rules) -> dict:
         raise RequestError(
             f"negative_prompt must be a string, got {type(req.negative_prompt).__name__}")
     m = rules.size_multiple
-    height = _check_size("height", rules.default_size if req.height is None else req.height, m)
-    width = _check_size("width", rules.default_size if req.width is None else req.width, m)
+    height = check_size("height", rules.default_size if req.height is None else req.height, m)
+    width = check_size("width", rules.default_size if req.width is None else req.width, m)
     if height * width > rules.max_area:
         raise RequestError(f"image area {width}x{height} = {width * height} pixels exceeds the "
                            f"model's cap of {rules.max_area} pixels")
     steps = rules.default_steps if req.num_inference_steps is None else req.num_inference_steps
-    if not _is_int(steps) or steps <= 0:
+    if not is_int(steps) or steps <= 0:
         raise RequestError(f"num_inference_steps must be an integer > 0, got {steps!r}")
-    if not _is_int(req.num_images_per_prompt) or req.num_images_per_prompt < 1:
+    if not is_int(req.num_images_per_prompt) or req.num_images_per_prompt < 1:
         raise RequestError(f"num_images_per_prompt must be an integer >= 1, got "
                            f"{req.num_images_per_prompt!r}")
     guidance = rules.default_guidance_scale if req.guidance_scale is None else req.guidance_scale
-    if not _is_real(guidance) or guidance < 0:
+    if not is_real(guidance) or guidance < 0:
         raise RequestError(f"guidance_scale must be a finite number >= 0, got {guidance!r}")
     true_cfg = (getattr(rules, "default_true_cfg_scale", 1.0) if req.true_cfg_scale is None
                 else req.true_cfg_scale)
-    if not _is_real(true_cfg) or true_cfg <= 0:
+    if not is_real(true_cfg) or true_cfg <= 0:
         raise RequestError(f"true_cfg_scale must be a finite number > 0, got {true_cfg!r}")
-    if not _is_real(req.strength) or not 0 < req.strength <= 1:
+    if not is_real(req.strength) or not 0 < req.strength <= 1:
         raise RequestError(f"strength must be in (0, 1], got {req.strength!r}")
-    if not _is_real(req.cfg_truncation) or req.cfg_truncation <= 0:
+    if not is_real(req.cfg_truncation) or req.cfg_truncation <= 0:
         raise RequestError(f"cfg_truncation must be a finite number > 0, got {req.cfg_truncation!r}")
     if not (isinstance(req.cfg_normalization, bool) or (
-            _is_real(req.cfg_normalization) and req.cfg_normalization >= 0)):
+            is_real(req.cfg_normalization) and req.cfg_normalization >= 0)):
         raise RequestError(f"cfg_normalization must be a bool or a number >= 0 (0 = off), got "
                            f"{req.cfg_normalization!r}")
     if req.input_image is not None and req.input_images:
@@ -128,7 +108,7 @@ def _validate(req: PixelGenerationRequest, rules) -> dict:
         raise RequestError(f"this model takes at most {rules.max_input_images} input images, got "
                            f"{len(req.input_images)}")
     if req.residual_threshold is not None and (
-            not _is_real(req.residual_threshold) or req.residual_threshold <= 0):
+            not is_real(req.residual_threshold) or req.residual_threshold <= 0):
         raise RequestError(
             f"residual_threshold must be > 0 when given, got {req.residual_threshold!r}")
     fmt = str(req.output_format).lower()
@@ -142,60 +122,11 @@ def _validate(req: PixelGenerationRequest, rules) -> dict:
     seed = req.seed
     if seed is None:
         seed = secrets.randbelow(2 ** 31)
-    elif not _is_int(seed) or not 0 <= seed <= _MAX_SEED[req.noise]:
+    elif not is_int(seed) or not 0 <= seed <= _MAX_SEED[req.noise]:
         raise RequestError(f"seed must be an integer in [0, {_MAX_SEED[req.noise]}] for "
                            f"{req.noise} noise, got {seed!r}")
     return {"height": height, "width": width, "steps": int(steps), "guidance": float(guidance),
             "true_cfg_scale": float(true_cfg), "format": fmt, "seed": int(seed)}
-
-
-# --------------------------------------------------------------------------------------------------
-# input image
-
-
-def load_input_image(source: Any):
-    """Path, PIL image or uint8 HxW / HxWxC array → RGB PIL image (bad input → RequestError)."""
-    from PIL import Image, UnidentifiedImageError
-
-    if isinstance(source, (str, os.PathLike)):
-        path = os.fspath(source)
-        if not os.path.isfile(path):
-            raise RequestError(f"input image not found: {path!r}")
-        try:
-            with Image.open(path) as im:
-                return im.convert("RGB")
-        except (UnidentifiedImageError, OSError) as exc:
-            raise RequestError(f"cannot read input image {path!r}: {exc}") from None
-    if isinstance(source, Image.Image):
-        return source.convert("RGB")
-    if isinstance(source, np.ndarray):
-        if source.dtype != np.uint8 or not (
-                source.ndim == 2 or (source.ndim == 3 and source.shape[2] in (1, 3, 4))):
-            raise RequestError(f"input image arrays must be uint8 HxW, HxWx1, HxWx3 or HxWx4, got "
-                               f"{source.dtype} {source.shape}")
-        if source.size == 0:
-            raise RequestError(f"input image array is empty: shape {source.shape}")
-        arr = source[:, :, 0] if source.ndim == 3 and source.shape[2] == 1 else source
-        return Image.fromarray(np.ascontiguousarray(arr)).convert("RGB")
-    raise RequestError(f"input_image must be a path, a PIL image or a uint8 array, got "
-                       f"{type(source).__name__}")
-
-
-def _preprocess_image(image, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """(resized uint8 HxWx3, normalised float32 1xHxWx3) exactly as diffusers' VaeImageProcessor.
-
-    VaeImageProcessor.preprocess: PIL resize (Lanczos) → ``np.float32 / 255.0`` →
-    ``2.0 * x - 1.0``; the same float32 operations in numpy give the same bits. It hands the VAE
-    an NCHW *view* of this NHWC buffer (channels-last strides), so the loop must do the same: the
-    convolution path, and with it the bits, depend on the memory layout.
-    """
-    from PIL import Image
-
-    if image.size != (width, height):
-        image = image.resize((width, height), resample=Image.Resampling.LANCZOS)
-    pixels = np.asarray(image, dtype=np.uint8)
-    x = 2.0 * (pixels.astype(np.float32) / 255.0) - 1.0
-    return pixels, x.reshape((1,) + x.shape).copy()  # copy: plain strides, not a 0-stride axis
 
 
 # --------------------------------------------------------------------------------------------------
@@ -238,9 +169,10 @@ class _Encoder:
 class PixelGenerationTokenizer:
     """Turns ``PixelGenerationRequest`` into a ``PixelContext`` for one model folder.
 
-    ``model`` is a tiny name, a local diffusers folder, an offline HF cache id or a
-    ``models.registry.ResolvedModel``. ``dtype`` is the dtype the model will run in: diffusers draws
-    the noise in the prompt-embedding dtype, so bfloat16 noise differs from float32 noise.
+    ``model`` is a resolved model: what ``models.resolve(name_or_folder)`` returns (its
+    ``family`` module, ``path`` and ``name``); the harness itself never looks families up. ``dtype``
+    is the dtype the model will run in: diffusers draws the noise in the prompt-embedding dtype,
+    so bfloat16 noise differs from float32 noise.
 
     Context layout (FLUX.1): ``tokens``/``mask`` CLIP (77), ``tokens_2`` T5 (512), ``latents`` the
     packed noise (float32 holding model-dtype values), ``timesteps``/``sigmas`` already trimmed for
@@ -249,14 +181,17 @@ class PixelGenerationTokenizer:
     1xHxWx3 in [-1, 1]) and ``vae_sample_noise`` (the VAE posterior sample's noise, drawn first).
     """
 
-    def __init__(self, model: Any = None, *, cache_dir: str | os.PathLike | None = None,
-                 dtype: str = "float32"):
-        from models.registry import ResolvedModel, resolve
-
-        resolved = model if isinstance(model, ResolvedModel) else resolve(
-            None if model is None else os.fspath(model), cache_dir)
-        if resolved.modality != "image":
-            raise ValueError(f"model {resolved.name!r} is a {resolved.modality} model, not an "
+    def __init__(self, model: Any, *, dtype: str = "float32"):
+        if not all(hasattr(model, attr) for attr in ("family", "path", "name")):
+            raise TypeError(f"PixelGenerationTokenizer takes a resolved model, e.g. "
+                            f"models.resolve({os.fspath(model)!r})" if isinstance(
+                                model, (str, os.PathLike)) else
+                            f"PixelGenerationTokenizer takes a resolved model "
+                            f"(models.resolve(...)), got {type(model).__name__}")
+        resolved = model
+        modality = getattr(resolved.family, "MODALITY", None)
+        if modality != "image":
+            raise ValueError(f"model {resolved.name!r} is a {modality} model, not an "
                              f"image-generation model")
         if dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype {dtype!r} is not supported; allowed: float32, bfloat16")
@@ -361,7 +296,7 @@ class PixelGenerationTokenizer:
                 extra["negative_mask_2"] = negative["tokens_2"][1]
         text_len = len(secondary[0]) if secondary is not None else len(primary[0])
         if image is not None:
-            pixels, image_nhwc = _preprocess_image(image, height, width)
+            pixels, image_nhwc = preprocess_image(image, height, width)
             ctx_kw["input_image"] = pixels
             extra["image_nhwc"] = image_nhwc
             extra["vae_sample_noise"] = draws[0]

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +10,7 @@ import numpy as np
 from _fast.tokens import EOSTracker, TokenBuffer
 from harness.context import ImageMetadata, SamplingParams, TextAndVisionContext
 from harness.errors import RequestError
+from harness.images import MAX_IMAGE_SIDE, load_image
 
 __all__ = ["TextGenerationRequest", "TextAndVisionTokenizer", "load_image"]
 
@@ -41,47 +41,16 @@ class TextGenerationRequest:
     request_id: str | None = None
 
 
-def load_image(source: Any, max_side: int):
-    """Path, PIL image or uint8 array → RGB PIL image (bad input → RequestError)."""
-    from PIL import Image, UnidentifiedImageError
-
-    if isinstance(source, (str, os.PathLike)):
-        if not os.path.isfile(source):
-            raise RequestError(f"image file not found: {os.fspath(source)!r}")
-        try:
-            with Image.open(source) as im:
-                image = im.convert("RGB")
-        except (UnidentifiedImageError, OSError) as exc:
-            raise RequestError(f"cannot read image {os.fspath(source)!r}: {exc}") from None
-    elif isinstance(source, Image.Image):
-        image = source.convert("RGB")
-    elif isinstance(source, np.ndarray):
-        if source.dtype != np.uint8 or not (source.ndim == 2 or (
-                source.ndim == 3 and source.shape[2] in (1, 3, 4))):
-            raise RequestError(f"image arrays must be uint8 HxW, HxWx1, HxWx3 or HxWx4, got "
-                               f"{source.dtype} {source.shape}")
-        arr = source[:, :, 0] if source.ndim == 3 and source.shape[2] == 1 else source
-        image = Image.fromarray(np.ascontiguousarray(arr)).convert("RGB")
-    else:
-        raise RequestError(f"an image must be a path, a PIL image or a uint8 array, got "
-                           f"{type(source).__name__}")
-    if min(image.size) < 1 or max(image.size) > max_side:
-        raise RequestError(f"image of {image.size[0]}x{image.size[1]} pixels is too large for "
-                           f"the model (each side must be in [1, {max_side}])")
-    return image
-
-
 def _image_hash(pixels: np.ndarray) -> int:
     digest = hashlib.blake2b(np.ascontiguousarray(pixels).tobytes(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
 
 
 class TextAndVisionTokenizer:
-    """Turns ``TextGenerationRequest`` into a ``TextAndVisionContext`` for one loaded family."""
+    """Turns ``TextGenerationRequest`` into a ``TextAndVisionContext`` for one loaded family (a
+    ``harness.pipelines.vlm_family.VLMFamily`` adapter, as ``family.load(folder)`` returns it)."""
 
     def __init__(self, family, *, max_image_side: int | None = None) -> None:
-        from models.vlm_common import MAX_IMAGE_SIDE
-
         self.family = family
         self.max_image_side = max_image_side or MAX_IMAGE_SIDE
 

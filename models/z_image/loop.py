@@ -14,10 +14,11 @@ from typing import Any
 import numpy as np
 
 from harness.context import PixelContext
+from harness.pipelines.denoise import DenoiserBase, PixelResult
 
-from .denoise import DenoiserBase, PixelResult
+from .loading import load_components
 
-__all__ = ["ZImageDenoiser", "Denoiser", "PixelResult", "LOOP_FAULTS"]
+__all__ = ["ZImageDenoiser", "PixelResult", "LOOP_FAULTS"]
 
 #: Deliberately wrong variants, for the parity tests' negative controls only.
 LOOP_FAULTS = ("time_not_reversed", "output_not_negated")
@@ -30,7 +31,7 @@ class ZImageDenoiser(DenoiserBase):
     else the family default); a request with ``residual_threshold`` turns it on by itself.
     """
 
-    MODELS = "models.z_image"
+    load_components = staticmethod(load_components)
     LOOP_FAULTS = LOOP_FAULTS
     CACHE_BLOCKS = ("layers",)
 
@@ -164,7 +165,3 @@ class ZImageDenoiser(DenoiserBase):
         with self._cache(ctx) as fbc:
             st = self._prepare(ctx)
             self._step(ctx, st, st["latents"], 0, None, fbc)
-
-
-#: The loop class a family module's ``PIPELINE`` points the CLI at.
-Denoiser = ZImageDenoiser

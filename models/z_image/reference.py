@@ -1,9 +1,9 @@
-"""Z-Image parity: the harness loop against ZImagePipeline / ZImageImg2ImgPipeline.
+"""The Z-Image parity reference: ZImagePipeline / ZImageImg2ImgPipeline over the harness's modules.
 
-Same scheme as ``harness.parity.pixel`` (whose comparison and report this module re-exports): the
-reference runs over the very modules the harness loaded, draws its own noise from a generator
-seeded like the request (torch noise) or takes our start latents (numpy noise), and its per-step
-latents come from ``callback_on_step_end``.
+The shared scheme of ``harness.parity.pixel.ReferenceRunner``: the reference runs over the very
+modules the harness loaded, draws its own noise from a generator seeded like the request (torch
+noise) or takes our start latents (numpy noise), and its per-step latents come from
+``callback_on_step_end``.
 
 ZImageImg2ImgPipeline preprocesses the input image at the image's own size (it ignores
 height/width there, and a size mismatch then fails in ``scale_noise``), so the runner hands it the
@@ -19,24 +19,41 @@ per call kind as the harness names its cache streams ("cfg" for the batched ``[p
 """
 from __future__ import annotations
 
-import time
-from typing import Any
+import os
+from pathlib import Path
 
 import numpy as np
 
-from .pixel import (ReferenceResult, StepRecorder, compare, first_block_cache_section,
-                    parity_report, request_options, run_uncached, write_parity)
-from .pixel import ReferenceRunner as _PixelRunner
+from harness.images import load_input_image
+from harness.parity.pixel import ReferenceRunner
 
-__all__ = ["ReferenceRunner", "ReferenceResult", "compare", "parity_report", "write_parity",
-           "request_options", "run_uncached", "first_block_cache_section"]
+from ..diffusers_common import offline_env
+
+__all__ = ["reference_pipeline", "ZImageReferenceRunner"]
+
+
+def reference_pipeline(components: dict, folder: str | os.PathLike, *, img2img: bool):
+    """diffusers' ZImagePipeline / ZImageImg2ImgPipeline over the same loaded modules, with the
+    folder's scheduler and transformers tokenizer (the parity reference)."""
+    offline_env()
+    from diffusers import FlowMatchEulerDiscreteScheduler, ZImageImg2ImgPipeline, ZImagePipeline
+    from transformers import AutoTokenizer
+
+    folder = Path(folder)
+    cls = ZImageImg2ImgPipeline if img2img else ZImagePipeline
+    pipe = cls(
+        scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(
+            folder / "scheduler", local_files_only=True),
+        tokenizer=AutoTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True),
+        **components,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def _sized_image(source, height: int, width: int):
     """The request's input image as the RGB PIL image of the requested size."""
     from PIL import Image
-
-    from harness.tokenizers.pixel import load_input_image
 
     image = load_input_image(source)
     if image.size != (width, height):
@@ -100,48 +117,34 @@ def _with_fbc_hook(pipe, threshold: float, batch: int):
     return info, run
 
 
-class ReferenceRunner(_PixelRunner):
-    """Builds the Z-Image diffusers pipelines once over the harness's modules and runs them."""
+class ZImageReferenceRunner(ReferenceRunner):
+    """ZImagePipeline for text-to-image, ZImageImg2ImgPipeline when the context has an input
+    image (handed over at the request's size, see the module notes)."""
 
-    def __call__(self, request, ctx, *, initial_latents: np.ndarray | None = None,
-                 residual_threshold: float | None = None) -> ReferenceResult:
-        """Run the reference for ``request`` (whose context is ``ctx``); ``residual_threshold``:
-        under diffusers' first-block cache hooks at that value."""
-        import torch
+    reference_pipeline = staticmethod(reference_pipeline)
 
-        img2img = "image_nhwc" in ctx.extra_model_args
-        pipe = self.pipeline(img2img)
-        record = StepRecorder()
+    def pipeline_key(self, ctx) -> dict:
+        return {"img2img": "image_nhwc" in ctx.extra_model_args}
 
-        kwargs: dict[str, Any] = dict(
+    def call_kwargs(self, request, ctx) -> dict:
+        kwargs = dict(
             prompt=request.prompt, negative_prompt=request.negative_prompt,
             height=ctx.height, width=ctx.width, num_inference_steps=ctx.num_inference_steps,
             guidance_scale=ctx.guidance_scale, cfg_normalization=ctx.cfg_normalization,
             cfg_truncation=ctx.cfg_truncation, num_images_per_prompt=ctx.num_images_per_prompt,
-            max_sequence_length=self.rules.max_text_length, output_type="np",
-            callback_on_step_end=record, callback_on_step_end_tensor_inputs=["latents"])
-        if img2img:
+            max_sequence_length=self.rules.max_text_length)
+        if self.pipeline_key(ctx)["img2img"]:
             kwargs.update(image=_sized_image(request.input_image, ctx.height, ctx.width),
                           strength=ctx.strength)
-        if request.noise == "torch":
-            kwargs["generator"] = torch.Generator("cpu").manual_seed(ctx.extra_model_args["seed"])
-            inputs = "generator"
-        else:
-            # img2img given latents= skips the VAE encode and scale_noise: pass our mixed start.
-            start = initial_latents if img2img else ctx.latents
-            if start is None:
-                raise ValueError("numpy-noise img2img parity needs the harness's initial latents")
-            kwargs["latents"] = torch.from_numpy(np.array(start, dtype=np.float32))
-            inputs = "latents"
-        fbc, run = None, pipe
-        if residual_threshold is not None:
-            fbc, run = _with_fbc_hook(pipe, residual_threshold, ctx.num_images_per_prompt)
-        t0 = time.perf_counter()
-        out = run(**kwargs)
-        total = time.perf_counter() - t0
-        decoded = np.asarray(out.images, dtype=np.float32)
-        images = (decoded * 255).round().astype(np.uint8)  # VaeImageProcessor.numpy_to_pil
-        return ReferenceResult(
-            pipeline=type(pipe).__name__, inputs=inputs, images=images, decoded=decoded,
-            **record.result_fields(),
-            total_s=total, first_block_cache=fbc)
+        return kwargs
+
+    def start_latents(self, ctx, initial_latents: np.ndarray | None) -> np.ndarray:
+        """img2img given ``latents=`` skips the VAE encode and scale_noise: our mixed start."""
+        if not self.pipeline_key(ctx)["img2img"]:
+            return ctx.latents
+        if initial_latents is None:
+            raise ValueError("numpy-noise img2img parity needs the harness's initial latents")
+        return initial_latents
+
+    def cache_hook(self, pipe, threshold: float, ctx):
+        return _with_fbc_hook(pipe, threshold, ctx.num_images_per_prompt)

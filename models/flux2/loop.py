@@ -15,30 +15,25 @@ from typing import Any
 import numpy as np
 
 from harness.context import PixelContext
+from harness.errors import RequestError
+from harness.pipelines.denoise import DenoiserBase, PixelResult
 
-from .denoise import DenoiserBase, PixelResult
+from .loading import load_components
+from .rules import NO_FIRST_BLOCK_CACHE
 
-__all__ = ["Flux2Denoiser", "Denoiser", "PixelResult", "LOOP_FAULTS", "NO_FIRST_BLOCK_CACHE"]
+__all__ = ["Flux2Denoiser", "PixelResult", "LOOP_FAULTS", "NO_FIRST_BLOCK_CACHE"]
 
 #: Deliberately wrong variants, for the parity tests' negative controls only.
 LOOP_FAULTS = ("timestep_not_divided", "guidance_x1000", "no_bn_denorm", "last_layer_only",
                "cfg_unguided")
-#: Why FLUX.2 runs without the first-block cache (pixel_pipelines.md §4).
-NO_FIRST_BLOCK_CACHE = (
-    "FLUX.2 has no first-block cache: its single-stream blocks run on the concatenated text+image "
-    "stream, so the first (double-stream) block's residual does not map onto the last block's "
-    "output (diffusers' own FirstBlockCache fails on Flux2Transformer2DModel too); drop "
-    "residual_threshold")
-
-
 class Flux2Denoiser(DenoiserBase):
     """Runs PixelContexts of one loaded FLUX.2 model (CPU or CUDA, float32 or bfloat16).
 
     ``first_block_cache`` is the loops' switch; FLUX.2 refuses it (NO_FIRST_BLOCK_CACHE).
     """
 
-    MODELS = "models.flux2"
     LOOP_FAULTS = LOOP_FAULTS
+    load_components = staticmethod(load_components)
 
     # ---------------------------------------------------------------------------------- layout
     def _patchify(self, x):
@@ -204,8 +199,6 @@ class Flux2Denoiser(DenoiserBase):
 
     def _cache(self, ctx: PixelContext):
         """Refuses a first-block cache (NO_FIRST_BLOCK_CACHE); else the base's no-op cache."""
-        from harness.errors import RequestError
-
         if ctx.residual_threshold is not None or self.first_block_cache:
             raise RequestError(NO_FIRST_BLOCK_CACHE)
         return super()._cache(ctx)
@@ -214,7 +207,3 @@ class Flux2Denoiser(DenoiserBase):
         st = self._prepare(ctx, None)
         x = self._step(ctx, st, st["latents"], 0, None)
         self._scatter(x, ctx.latent_image_ids, *self.rules.token_grid(ctx.height, ctx.width))
-
-
-#: The loop class a family module's ``PIPELINE`` points the CLI at.
-Denoiser = Flux2Denoiser

@@ -14,10 +14,11 @@ from typing import Any
 import numpy as np
 
 from harness.context import PixelContext
+from harness.pipelines.denoise import DenoiserBase, PixelResult
 
-from .denoise import DenoiserBase, PixelResult
+from .loading import load_components
 
-__all__ = ["FluxDenoiser", "Denoiser", "PixelResult", "LOOP_FAULTS"]
+__all__ = ["FluxDenoiser", "PixelResult", "LOOP_FAULTS"]
 
 #: Deliberately wrong variants, for the parity tests' negative controls only.
 LOOP_FAULTS = ("timestep_not_divided", "guidance_x1000")
@@ -26,8 +27,8 @@ LOOP_FAULTS = ("timestep_not_divided", "guidance_x1000")
 class FluxDenoiser(DenoiserBase):
     """Runs PixelContexts of one loaded FLUX.1-layout model (CPU or CUDA, float32 or bfloat16)."""
 
-    MODELS = "models.flux1"
     LOOP_FAULTS = LOOP_FAULTS
+    load_components = staticmethod(load_components)
 
     # ---------------------------------------------------------------------------------- layout
     def _pack(self, x):
@@ -157,7 +158,3 @@ class FluxDenoiser(DenoiserBase):
         st = self._prepare(ctx, None)
         x = self._step(ctx, st, st["latents"], 0, None)
         self._unpack(x, *self.rules.latent_size(ctx.height, ctx.width))
-
-
-#: The loop class a family module's ``PIPELINE`` points the CLI at.
-Denoiser = FluxDenoiser

@@ -16,10 +16,12 @@ from typing import Any
 import numpy as np
 
 from harness.context import PixelContext
+from harness.pipelines.denoise import DenoiserBase, PixelResult
 
-from .denoise import DenoiserBase, PixelResult
+from .loading import load_components
+from .rules import shapes_from_ids
 
-__all__ = ["QwenImageDenoiser", "Denoiser", "PixelResult", "LOOP_FAULTS"]
+__all__ = ["QwenImageDenoiser", "PixelResult", "LOOP_FAULTS"]
 
 #: Deliberately wrong variants, for the parity tests' negative controls only.
 LOOP_FAULTS = ("no_norm_rescale", "decode_multiply_std", "timestep_not_divided")
@@ -28,7 +30,7 @@ LOOP_FAULTS = ("no_norm_rescale", "decode_multiply_std", "timestep_not_divided")
 class QwenImageDenoiser(DenoiserBase):
     """Runs PixelContexts of one loaded Qwen-Image(-Edit) model (CPU or CUDA, float32/bfloat16)."""
 
-    MODELS = "models.qwen_image"
+    load_components = staticmethod(load_components)
     LOOP_FAULTS = LOOP_FAULTS
 
     # ---------------------------------------------------------------------------------- layout
@@ -103,8 +105,6 @@ class QwenImageDenoiser(DenoiserBase):
         """The img_shapes the transformer builds its rope from, read back from the context's ids
         (and checked to rebuild them exactly), plus consistency with the latents."""
         from _fast import qwen_image_ids
-
-        from models.qwen_image import shapes_from_ids
 
         ids = np.asarray(ctx.latent_image_ids)
         shapes = shapes_from_ids(ids)
@@ -218,7 +218,3 @@ class QwenImageDenoiser(DenoiserBase):
         st = self._prepare(ctx, None, encode_images=False)
         x = self._step(ctx, st, st["latents"], 0, None)
         self._unpack(x, *self.rules.latent_size(ctx.height, ctx.width))
-
-
-#: The loop class a family module's ``PIPELINE`` points the CLI at.
-Denoiser = QwenImageDenoiser

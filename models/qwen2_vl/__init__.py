@@ -1,0 +1,13 @@
+"""Qwen2-VL (merged-patch vision tower + M-RoPE text model): the family contract the registry and
+the CLI read.
+
+- ``adapter.py``  ``Qwen2VL``, the rules the VLM loop asks (placeholders between vision markers,
+                  encoder call, M-RoPE positions, generate() inputs); which folders are Qwen2-VL;
+                  ``load`` of a folder offline
+- ``tiny.py``     ``tiny-qwen2-vl``, built offline on first use
+"""
+from .adapter import CHAT, FAMILY, MODALITY, Qwen2VL, hf_classes, load, matches
+from .tiny import RECIPE, TINY_NAMES, tiny_path
+
+__all__ = ["FAMILY", "MODALITY", "TINY_NAMES", "tiny_path", "matches", "load", "Qwen2VL",
+           "RECIPE", "CHAT", "hf_classes"]

@@ -1,0 +1,105 @@
+"""Z-Image request → context: the chat prompt, the torch-exact schedule (trimmed for img2img),
+the noise in diffusers' draw order and dtype, and the img2img input image (what
+``ZImageRules.build_context`` returns)."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from _fast.tokens import TokenBuffer
+from harness.context import PixelContext
+from harness.context.text import new_request_id
+from harness.errors import RequestError
+from harness.images import check_size, load_input_image, preprocess_image
+
+from .rules import ZImageRules
+
+__all__ = ["TOKENIZER_FAULTS", "build_context"]
+
+#: Deliberately wrong contexts, for the parity tests' negative controls only.
+TOKENIZER_FAULTS = ("numpy_linspace_sigmas", "unshifted_schedule")
+
+
+def build_context(rules: ZImageRules, tokenizer, request, opt: dict,
+                  fault: str | None = None) -> PixelContext:
+    """The PixelContext of a request ``PixelGenerationTokenizer`` has validated."""
+    if fault is not None and fault not in TOKENIZER_FAULTS:
+        raise ValueError(
+            f"unknown Z-Image tokenizer fault {fault!r}; known: {', '.join(TOKENIZER_FAULTS)}")
+    height, width, steps, seed = opt["height"], opt["width"], opt["steps"], opt["seed"]
+    batch = request.num_images_per_prompt
+    image = None
+    if request.input_image is not None:
+        image = load_input_image(request.input_image)
+        # ZImageImg2ImgPipeline defaults the size to the image's own, floored to 16.
+        m = rules.size_multiple
+        if request.height is None:
+            height = check_size("height (from the input image)", image.height // m * m, m)
+        if request.width is None:
+            width = check_size("width (from the input image)", image.width // m * m, m)
+        if height * width > rules.max_area:
+            raise RequestError(f"image area {width}x{height} = {width * height} pixels "
+                               f"exceeds the model's cap of {rules.max_area} pixels")
+
+    tokens, mask = rules.encode_prompt(request.prompt)
+    cfg = rules.uses_cfg(opt["guidance"])
+    negative = rules.encode_prompt(request.negative_prompt or "") if cfg else None
+
+    timesteps, sigmas, mu = rules.schedule(steps, height, width, fault=fault)
+    t_start = 0
+    if image is not None:  # get_timesteps: keep the last steps
+        from _fast import trim_for_strength
+
+        try:
+            timesteps, sigmas, t_start = trim_for_strength(timesteps, sigmas, steps,
+                                                           float(request.strength))
+        except ValueError as exc:
+            raise RequestError(str(exc)) from None
+        timesteps, sigmas = timesteps.copy(), sigmas.copy()
+
+    # txt2img noise is float32 whatever the model dtype; img2img draws the VAE sample (VAE
+    # dtype) and then the noise (prompt-embedding dtype) from the same generator.
+    model_dt = tokenizer.dtype
+    noise_dt = "float32" if image is None else model_dt
+    draws = [(rules.noise_shape(batch, height, width), noise_dt)]
+    if image is not None:
+        draws.insert(0, (rules.vae_sample_shape(height, width), model_dt))
+    noises = _draw(draws, seed, request.noise)
+
+    extra: dict[str, Any] = {"seed": seed, "mu": mu, "t_start": t_start}
+    ctx_kw: dict[str, Any] = {}
+    if negative is not None:
+        ctx_kw["negative_tokens"] = TokenBuffer(negative[0])
+        ctx_kw["negative_mask"] = negative[1]
+    if image is not None:
+        pixels, image_nhwc = preprocess_image(image, height, width)
+        ctx_kw["input_image"] = pixels
+        extra["image_nhwc"] = image_nhwc
+        extra["vae_sample_noise"] = noises[0]
+    return PixelContext(
+        tokens=TokenBuffer(tokens), mask=mask,
+        request_id=request.request_id or new_request_id(),
+        model_name=tokenizer.model_name,
+        explicit_negative_prompt=request.negative_prompt is not None,
+        timesteps=timesteps, sigmas=sigmas, latents=noises[-1],
+        height=height, width=width, num_inference_steps=steps,
+        guidance_scale=opt["guidance"], true_cfg_scale=opt["true_cfg_scale"],
+        strength=float(request.strength),
+        cfg_normalization=request.cfg_normalization,
+        cfg_truncation=float(request.cfg_truncation),
+        num_images_per_prompt=batch, output_format=opt["format"],
+        residual_threshold=request.residual_threshold, extra_model_args=extra, **ctx_kw)
+
+
+def _draw(draws: list[tuple[tuple[int, ...], str]], seed: int,
+          convention: str) -> list[np.ndarray]:
+    """Draw in order from one seeded generator; float32 arrays holding the drawn dtype's values."""
+    if convention == "numpy":
+        rs = np.random.RandomState(seed)
+        return [rs.standard_normal(s).astype(np.float32) for s, _ in draws]
+    import torch
+
+    gen = torch.Generator("cpu").manual_seed(seed)
+    table = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+    return [torch.randn(s, generator=gen, dtype=table[d]).float().numpy() for s, d in draws]
