@@ -58,6 +58,8 @@ def learn_byte_merges(texts: Iterable[str], max_merges: int, *, specials: Iterab
 
     from tokenizers import normalizers
 
+    from .text_tokenizers import greedy_merges
+
     norm = normalizers.NFC()
     pre = _pre_tokenizer()
     specials = sorted(specials, key=len, reverse=True)
@@ -67,31 +69,7 @@ def learn_byte_merges(texts: Iterable[str], max_merges: int, *, specials: Iterab
         for part in (cut.split(text) if cut else [text]):
             if part:
                 words.update(p for p, _ in pre.pre_tokenize_str(norm.normalize_str(part)))
-    segs = {w: list(w) for w in words}
-    merges: list[tuple[str, str]] = []
-    while len(merges) < max_merges:
-        pairs: Counter = Counter()
-        for w, syms in segs.items():
-            for a, b in zip(syms, syms[1:]):
-                pairs[a, b] += words[w]
-        if not pairs:
-            break
-        best = min(pairs, key=lambda p: (-pairs[p], p))
-        if pairs[best] < min_count:
-            break
-        merges.append(best)
-        joined = best[0] + best[1]
-        for w, syms in segs.items():
-            i, out = 0, []
-            while i < len(syms):
-                if i + 1 < len(syms) and (syms[i], syms[i + 1]) == best:
-                    out.append(joined)
-                    i += 2
-                else:
-                    out.append(syms[i])
-                    i += 1
-            segs[w] = out
-    return merges
+    return greedy_merges({w: list(w) for w in words}, words, max_merges, min_count)
 
 
 def build_qwen_tokenizer(out_dir: str | os.PathLike, *, extra_texts: Iterable[str] = (),

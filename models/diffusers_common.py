@@ -1,5 +1,6 @@
-"""Boilerplate the diffusers family modules share: config reading, folder matching, offline
-loading of components, and the pieces of a tiny recipe. No torch import at module level.
+"""Boilerplate the diffusers family packages share: config reading, folder matching, offline
+loading of components, tokenizer configs, and the pieces of a tiny recipe. No torch import at
+module level. (The shared *rules* live in ``image_rules.py``.)
 """
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from harness.env import offline_env, torch_dtype
 
 __all__ = ["read_json", "class_name", "versions", "sha256", "corpus_sha256",
            "chat_tokenizers_sha256", "check_tiny_name", "offline_env",
-           "load_pretrained", "redraw", "special_token", "AutoencoderKLGeometry",
-           "FlowMatchSchedule", "read_chat_template"]
+           "load_pretrained", "redraw", "special_token", "read_chat_template",
+           "assemble_pipeline", "TINY_FLUX_VAE", "save_config_model", "write_model_index"]
 
 
 def read_json(path: Path) -> dict:
@@ -83,79 +84,11 @@ def redraw(module, std: float, generator) -> None:
                 p.copy_(torch.randn(p.shape, generator=generator, dtype=p.dtype) * std)
 
 
-class AutoencoderKLGeometry:
-    """Rules read from an ``AutoencoderKL``-style VAE config (``self.vae_config``): the scale
-    factor of its resolution levels, the latent normalisation, and its trained sample size."""
-
-    @property
-    def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae_config["block_out_channels"]) - 1)
-
-    @property
-    def size_multiple(self) -> int:
-        """Width/height multiple: the VAE factor times the 2x2 packing / patchify."""
-        return 2 * self.vae_scale_factor
-
-    @property
-    def scaling_factor(self) -> float:
-        return float(self.vae_config["scaling_factor"])
-
-    @property
-    def shift_factor(self) -> float:
-        return float(self.vae_config.get("shift_factor") or 0.0)
-
-    @property
-    def default_size(self) -> int:
-        """The VAE's trained sample size (1024 for the real models; the tiny ones say 256)."""
-        return int(self.vae_config.get("sample_size") or 1024)
-
-
 def special_token(value, default: str | None = None) -> str | None:
     """A special token as tokenizer_config.json stores it (a string or an AddedToken dict)."""
     if isinstance(value, dict):
         value = value.get("content")
     return value or default
-
-
-class FlowMatchSchedule:
-    """Rules read from a ``FlowMatchEulerDiscreteScheduler`` config (``self.scheduler_config``):
-    the resolution-dependent shift mu and the options of ``_fast.flow_match_sigmas``. Missing keys
-    take the same ``.get`` defaults the diffusers pipelines use."""
-
-    def linear_shift_mu(self, image_seq_len: int) -> float:
-        """``calculate_shift``: mu linear in the packed sequence length (FLUX.1's rule)."""
-        from _fast import calculate_shift
-
-        cfg = self.scheduler_config
-        return calculate_shift(image_seq_len, cfg.get("base_image_seq_len", 256),
-                               cfg.get("max_image_seq_len", 4096), cfg.get("base_shift", 0.5),
-                               cfg.get("max_shift", 1.15))
-
-    def mu(self, height: int, width: int) -> float | None:
-        """Dynamic-shift mu from the packed sequence length; None without dynamic shifting."""
-        if not self.scheduler_config.get("use_dynamic_shifting"):
-            return None
-        return self.linear_shift_mu(self.image_seq_len(height, width))
-
-    def sigma_options(self, mu: float | None, *, shifted: bool = True,
-                      terminal: bool = True) -> dict:
-        """Keyword arguments of ``flow_match_sigmas`` / ``z_image_sigmas`` for this scheduler.
-
-        ``shifted=False`` drops the shift and ``terminal=False`` the shift_terminal stretch (wrong
-        variants, for the parity tests' negative controls)."""
-        cfg = self.scheduler_config
-        dynamic = bool(cfg.get("use_dynamic_shifting")) and shifted
-        return dict(
-            shift=float(cfg.get("shift", 1.0)) if shifted else 1.0,
-            use_dynamic_shifting=dynamic,
-            mu=mu if dynamic else None,
-            time_shift_type=cfg.get("time_shift_type", "exponential"),
-            shift_terminal=cfg.get("shift_terminal") if terminal else None,
-            invert_sigmas=bool(cfg.get("invert_sigmas", False)),
-            num_train_timesteps=int(cfg.get("num_train_timesteps", 1000)),
-            use_karras_sigmas=bool(cfg.get("use_karras_sigmas", False)),
-            use_exponential_sigmas=bool(cfg.get("use_exponential_sigmas", False)),
-        )
 
 
 def read_chat_template(tokenizer_dir: Path, tokenizer_config: dict) -> str | None:
@@ -172,3 +105,43 @@ def read_chat_template(tokenizer_dir: Path, tokenizer_config: dict) -> str | Non
     if isinstance(template, list):  # named templates: the default one
         template = next((t["template"] for t in template if t.get("name") == "default"), None)
     return template if isinstance(template, str) else None
+
+
+def assemble_pipeline(pipeline_cls, folder: str | os.PathLike, components: dict, **parts):
+    """``pipeline_cls`` over already loaded ``components`` plus the folder's own
+    FlowMatchEulerDiscreteScheduler and ``parts`` (tokenizers, processor, flags), progress bar
+    off: how every family builds its parity reference. Call ``offline_env()`` first."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(Path(folder) / "scheduler",
+                                                                local_files_only=True)
+    pipe = pipeline_cls(scheduler=scheduler, **parts, **components)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+#: The FLUX VAE at tiny widths (tiny_models.md): 4 resolution levels (scale factor 8), 16 latent
+#: channels and FLUX.1's scaling/shift factors. FLUX.1 and Z-Image ship this layout.
+TINY_FLUX_VAE = {
+    "in_channels": 3, "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "block_out_channels": [8, 16, 16, 16], "layers_per_block": 1, "norm_num_groups": 4,
+    "latent_channels": 16, "scaling_factor": 0.3611, "shift_factor": 0.1159,
+    "use_quant_conv": False, "use_post_quant_conv": False, "sample_size": 256,
+}
+
+
+def save_config_model(model_cls, config: dict, out: Path):
+    """``model_cls(**config)`` (JSON lists passed as the tuples diffusers configs hold), saved
+    to ``out`` as safetensors; returns the model."""
+    model = model_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
+    model.save_pretrained(out, safe_serialization=True)
+    return model
+
+
+def write_model_index(out: Path, class_name: str, components: dict) -> None:
+    """model_index.json as ``<class_name>.save_pretrained`` writes it."""
+    from diffusers import __version__ as diffusers_version
+
+    index = {"_class_name": class_name, "_diffusers_version": diffusers_version, **components}
+    (Path(out) / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")

@@ -11,8 +11,8 @@ import os
 from collections import Counter
 from pathlib import Path
 
-__all__ = ["CORPUS", "bytes_to_unicode", "train_clip_tokenizer", "train_t5_tokenizer",
-           "saved_vocab_size", "load_fast_tokenizer"]
+__all__ = ["CORPUS", "bytes_to_unicode", "greedy_merges", "train_clip_tokenizer",
+           "train_t5_tokenizer", "saved_vocab_size", "load_fast_tokenizer"]
 
 # Prompt-like English with digits and punctuation; enough for a few hundred merges / pieces.
 CORPUS = (
@@ -74,16 +74,18 @@ _CLIP_SPLIT = (r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p
                r"""[^\s\p{L}\p{N}]+""")
 
 
-def _learn_merges(words: Counter, max_merges: int, min_count: int = 2) -> list[tuple[str, str]]:
-    """Greedy BPE over word counts with ties broken by the pair itself (the ``tokenizers`` trainer
-    breaks ties in hash-map order, which changes between processes)."""
-    segs = {w: list(w[:-1]) + [w[-1] + "</w>"] for w in words}
+def greedy_merges(segments: dict[str, list[str]], counts: Counter, max_merges: int,
+                  min_count: int = 2) -> list[tuple[str, str]]:
+    """Greedy BPE: merge the most frequent adjacent pair of ``segments`` (word → symbols, each
+    word weighted by ``counts``) until ``max_merges`` or no pair occurs ``min_count`` times. Ties
+    break by the pair itself (the ``tokenizers`` trainer breaks them in hash-map order, which
+    changes between processes). ``segments`` is updated in place."""
     merges: list[tuple[str, str]] = []
     while len(merges) < max_merges:
         pairs: Counter = Counter()
-        for w, syms in segs.items():
+        for w, syms in segments.items():
             for a, b in zip(syms, syms[1:]):
-                pairs[a, b] += words[w]
+                pairs[a, b] += counts[w]
         if not pairs:
             break
         best = min(pairs, key=lambda p: (-pairs[p], p))
@@ -91,7 +93,7 @@ def _learn_merges(words: Counter, max_merges: int, min_count: int = 2) -> list[t
             break
         merges.append(best)
         joined = best[0] + best[1]
-        for w, syms in segs.items():
+        for w, syms in segments.items():
             i, out = 0, []
             while i < len(syms):
                 if i + 1 < len(syms) and (syms[i], syms[i + 1]) == best:
@@ -100,8 +102,14 @@ def _learn_merges(words: Counter, max_merges: int, min_count: int = 2) -> list[t
                 else:
                     out.append(syms[i])
                     i += 1
-            segs[w] = out
+            segments[w] = out
     return merges
+
+
+def _learn_merges(words: Counter, max_merges: int, min_count: int = 2) -> list[tuple[str, str]]:
+    """CLIP's merges: words end in ``</w>`` (greedy_merges over the word counts)."""
+    segs = {w: list(w[:-1]) + [w[-1] + "</w>"] for w in words}
+    return greedy_merges(segs, words, max_merges, min_count)
 
 
 def train_clip_tokenizer(out_dir: str | os.PathLike, *, vocab_size: int = 1000,

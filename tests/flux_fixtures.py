@@ -1,27 +1,12 @@
-"""The FLUX.1 tests' fixtures: ``tests.pixel_fixtures`` bound to the tiny FLUX.1."""
+"""The FLUX.1 tests' fixtures: ``tests.pixel_fixtures`` bound to the tiny FLUX.1 (its reference is
+FluxPipeline / FluxImg2ImgPipeline over the very modules ``denoiser`` loaded)."""
 from __future__ import annotations
 
 from tests import pixel_fixtures as px
 from tests.pixel_fixtures import NEGATIVE, PROMPT, input_image, request  # noqa: F401
 
 TINY = "tiny-flux1"
-
-
-def resolved():
-    return px.resolved(TINY)
-
-
-def tokenizer(dtype: str = "float32"):
-    return px.tokenizer(TINY, dtype)
-
-
-def denoiser(dtype: str = "float32"):
-    return px.denoiser(TINY, dtype)
-
-
-def reference(dtype: str = "float32"):
-    """diffusers' FluxPipeline / FluxImg2ImgPipeline over the very modules ``denoiser`` loaded."""
-    return px.reference(TINY, dtype)
+resolved, tokenizer, denoiser, reference = px.bound(TINY)
 
 
 def parity(req, *, dtype: str = "float32", tokenizer_fault=None, loop_fault=None):

@@ -49,6 +49,12 @@ def reference(name: str, dtype: str = "float32"):
     return r.family.ReferenceRunner(r.path, denoiser(name, dtype).c, tokenizer(name, dtype).rules)
 
 
+def bound(name: str):
+    """``resolved(), tokenizer(dtype), denoiser(dtype), reference(dtype)`` of one tiny model."""
+    return (functools.partial(resolved, name), functools.partial(tokenizer, name),
+            functools.partial(denoiser, name), functools.partial(reference, name))
+
+
 def request(**kw):
     """A PixelGenerationRequest with the tests' small defaults (64x64, 4 steps, seed 0)."""
     from harness.tokenizers import PixelGenerationRequest

@@ -10,9 +10,6 @@ import itertools
 import json
 import os
 import pickle
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,8 +18,8 @@ import torch
 from harness.errors import RequestError
 from tests.flux2_fixtures import (DEV, KLEIN, PROMPT, context, input_image, parity, reference,
                                   request, tokenizer)
+from tests.test_cli_image import run_cli
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def assert_bitwise(ours, ref, cmp):
@@ -228,12 +225,6 @@ def test_negative_controls_are_detected(name, fault, kind, refs):
 # the CLI
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env.setdefault("OMP_NUM_THREADS", "1")
-    return subprocess.run([sys.executable, "-m", "harness.generate", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
 
 
 def test_cli_reference_image_with_parity(tmp_path):

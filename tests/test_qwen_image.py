@@ -11,9 +11,6 @@ import itertools
 import json
 import os
 import pickle
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,8 +19,8 @@ import torch
 from harness.errors import RequestError
 from tests.qwen_fixtures import (EDIT, EDIT_PROMPT, NEGATIVE, PLUS, PROMPT, T2I, denoiser,
                                  parity, portrait, reference, request, resolved, tokenizer)
+from tests.test_cli_image import run_cli
 
-REPO = Path(__file__).resolve().parents[1]
 CFG = {"negative_prompt": NEGATIVE, "true_cfg_scale": 4.0}
 
 
@@ -400,12 +397,6 @@ def test_prompt_image_at_the_wrong_target_is_detected():
 # command line
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env.setdefault("OMP_NUM_THREADS", "1")
-    return subprocess.run([sys.executable, "-m", "harness.generate", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
 
 
 def test_cli_txt2img_with_parity(tmp_path):

@@ -1,28 +1,12 @@
-"""The Z-Image tests' fixtures: ``tests.pixel_fixtures`` bound to the tiny Z-Image (whose requests
-default to guidance 0, no CFG)."""
+"""The Z-Image tests' fixtures: ``tests.pixel_fixtures`` bound to the tiny Z-Image (its reference
+is ZImagePipeline / ZImageImg2ImgPipeline; requests default to guidance 0, no CFG)."""
 from __future__ import annotations
 
 from tests import pixel_fixtures as px
 from tests.pixel_fixtures import NEGATIVE, PROMPT  # noqa: F401
 
 TINY = "tiny-z-image"
-
-
-def resolved():
-    return px.resolved(TINY)
-
-
-def tokenizer(dtype: str = "float32"):
-    return px.tokenizer(TINY, dtype)
-
-
-def denoiser(dtype: str = "float32"):
-    return px.denoiser(TINY, dtype)
-
-
-def reference(dtype: str = "float32"):
-    """ZImagePipeline / ZImageImg2ImgPipeline over the very modules ``denoiser`` loaded."""
-    return px.reference(TINY, dtype)
+resolved, tokenizer, denoiser, reference = px.bound(TINY)
 
 
 def request(**kw):

@@ -87,13 +87,16 @@ class ReferenceRunner:
 
     A family subclass (``models/<family>/reference.py``) sets ``reference_pipeline`` (its
     ``(components, folder, **key) -> pipeline`` builder) and ``call_kwargs`` (the pipeline
-    arguments of a request); it may change ``pipeline_key`` (which of its pipelines a context
-    needs), ``start_latents`` (what ``latents=`` gets under numpy noise) and ``cache_hook`` (how
-    diffusers' FirstBlockCache hook is applied). Pipelines are built once per key.
+    arguments of a request); it may set ``img2img_pipeline`` (a second pipeline for requests with
+    an input image, built with ``img2img=True``) and change ``start_latents`` (what ``latents=``
+    gets under numpy noise) and ``cache_hook`` (how diffusers' FirstBlockCache hook is applied).
+    Pipelines are built once per key.
     """
 
     #: ``(components, folder, **key) -> DiffusionPipeline``, set by the family.
     reference_pipeline = None
+    #: The family has a separate img2img pipeline, picked when the context has an input image.
+    img2img_pipeline = False
 
     def __init__(self, folder, components: dict, rules):
         self.folder = Path(folder)
@@ -112,17 +115,28 @@ class ReferenceRunner:
         return self._pipes[cache_key]
 
     # ---------------------------------------------------------------------------------- hooks
+    @staticmethod
+    def is_img2img(ctx) -> bool:
+        """Does ``ctx`` start from an input image (the pixel tokenizer's img2img layout)?"""
+        return "image_nhwc" in ctx.extra_model_args
+
     def pipeline_key(self, ctx) -> dict:
         """Which pipeline ``ctx`` needs: ``{"img2img": ...}`` for families with two."""
-        return {}
+        return {"img2img": self.is_img2img(ctx)} if self.img2img_pipeline else {}
 
     def call_kwargs(self, request, ctx) -> dict:
         """The pipeline's arguments for ``request`` (noise and callbacks are added here)."""
         raise NotImplementedError
 
     def start_latents(self, ctx, initial_latents: np.ndarray | None) -> np.ndarray:
-        """What ``latents=`` gets with numpy noise: the context's packed noise by default."""
-        return ctx.latents
+        """What ``latents=`` gets with numpy noise: the context's packed noise, or for img2img
+        the harness's mixed start (given ``latents=``, the img2img pipelines skip the VAE encode
+        and ``scale_noise``)."""
+        if not self.is_img2img(ctx):
+            return ctx.latents
+        if initial_latents is None:
+            raise ValueError("numpy-noise img2img parity needs the harness's initial latents")
+        return initial_latents
 
     def cache_hook(self, pipe, threshold: float, ctx):
         """``(info, callable)``: ``pipe`` under diffusers' FirstBlockCache hook at ``threshold``."""

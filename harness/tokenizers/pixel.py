@@ -222,16 +222,20 @@ class PixelGenerationTokenizer:
         order = sorted(self._encoders.items(), key=lambda kv: kv[1].spec.truncate)
         return {role: enc(text) for role, enc in order}
 
-    def _draw(self, shapes: list[tuple[int, ...]], seed: int, convention: str) -> list[np.ndarray]:
-        """Draw the noises in order from one seeded generator (float32 arrays of dtype values)."""
+    def draw_noise(self, shapes: list[tuple[int, ...]], seed: int, convention: str,
+                   dtypes: list[str] | None = None) -> list[np.ndarray]:
+        """Draw the noises in order from one seeded generator: float32 arrays holding the values
+        of each draw's dtype (``dtypes``, default the model dtype; diffusers draws in the dtype
+        of the tensor the noise joins). numpy draws are float32 whatever the dtype."""
         if convention == "numpy":
             rs = np.random.RandomState(seed)
             return [rs.standard_normal(s).astype(np.float32) for s in shapes]
         import torch
 
-        tdt = torch.bfloat16 if self.dtype == "bfloat16" else torch.float32
         gen = torch.Generator("cpu").manual_seed(seed)
-        return [torch.randn(s, generator=gen, dtype=tdt).float().numpy() for s in shapes]
+        dtypes = dtypes or [self.dtype] * len(shapes)
+        return [torch.randn(s, generator=gen, dtype=getattr(torch, d)).float().numpy()
+                for s, d in zip(shapes, dtypes)]
 
     def new_context(self, request: PixelGenerationRequest, *,
                     fault: str | None = None) -> PixelContext:
@@ -279,7 +283,7 @@ class PixelGenerationTokenizer:
             shapes = [(batch, rules.image_seq_len(height, width), 4 * rules.latent_channels)]
         if image is not None:
             shapes.insert(0, rules.vae_sample_shape(height, width))
-        draws = self._draw(shapes, seed, request.noise)
+        draws = self.draw_noise(shapes, seed, request.noise)
         noise = draws[-1]
         latents = noise if fault == "noise_packed_shape" else rules.pack(noise)
 

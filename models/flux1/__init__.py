@@ -9,7 +9,7 @@
 from .loading import load_components
 from .loop import LOOP_FAULTS, FluxDenoiser
 from .reference import Flux1ReferenceRunner, reference_pipeline
-from .rules import (FAMILY, MAX_AREA, MODALITY, PIPELINE_CLASSES, Flux1Rules, TextEncoderSpec,
+from .rules import (FAMILY, MODALITY, PIPELINE_CLASSES, Flux1Rules, TextEncoderSpec,
                     matches, rules)
 from .tiny import FLUX1_DEV_SCHEDULER, TINY_NAMES, TINY_RECIPE, build_tiny, tiny_path
 
@@ -21,5 +21,5 @@ __all__ = [
     "FAMILY", "MODALITY", "TINY_NAMES", "PIPELINE_CLASSES", "tiny_path", "matches", "rules",
     "Denoiser", "ReferenceRunner", "load_components", "reference_pipeline", "build_tiny",
     "Flux1Rules", "TextEncoderSpec", "FluxDenoiser", "Flux1ReferenceRunner", "LOOP_FAULTS",
-    "TINY_RECIPE", "FLUX1_DEV_SCHEDULER", "MAX_AREA",
+    "TINY_RECIPE", "FLUX1_DEV_SCHEDULER",
 ]

@@ -13,18 +13,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ..diffusers_common import (AutoencoderKLGeometry, FlowMatchSchedule, class_name, read_json,
-                                special_token)
+from ..diffusers_common import class_name, read_json, special_token
+from ..image_rules import (AutoencoderKLGeometry, FlowMatchSchedule, ImageRulesDefaults,
+                           unsupported_scheduler_option)
 
-__all__ = ["FAMILY", "MODALITY", "PIPELINE_CLASSES", "MAX_AREA", "MAX_T5_LENGTH", "matches",
+__all__ = ["FAMILY", "MODALITY", "PIPELINE_CLASSES", "MAX_T5_LENGTH", "matches",
            "rules", "Flux1Rules", "TextEncoderSpec"]
 
 FAMILY = "flux1"
 MODALITY = "image"
 PIPELINE_CLASSES = ("FluxPipeline", "FluxImg2ImgPipeline")
 
-#: Largest pixel area a request may ask for (FLUX.1 is trained up to ~2 MP; 2048² is the cap).
-MAX_AREA = 2048 * 2048
 #: FluxPipeline's default T5 length (``max_sequence_length=512``).
 MAX_T5_LENGTH = 512
 
@@ -52,7 +51,7 @@ class TextEncoderSpec:
 
 
 @dataclass(frozen=True)
-class Flux1Rules(AutoencoderKLGeometry, FlowMatchSchedule):
+class Flux1Rules(ImageRulesDefaults, AutoencoderKLGeometry, FlowMatchSchedule):
     """FLUX.1 rules the tokenizer and the loop ask for, read from a model folder's configs."""
 
     folder: Path
@@ -70,50 +69,16 @@ class Flux1Rules(AutoencoderKLGeometry, FlowMatchSchedule):
     def guidance_embeds(self) -> bool:
         return bool(self.transformer_config.get("guidance_embeds", False))
 
-    @property
-    def max_area(self) -> int:
-        return MAX_AREA
-
-    @property
-    def max_input_images(self) -> int:
-        """FluxImg2ImgPipeline starts from exactly one input image."""
-        return 1
+    #: FluxPipeline's default; FluxImg2ImgPipeline starts from one input image (the default).
+    default_guidance_scale = 3.5
 
     @property
     def default_steps(self) -> int:
         return 28 if self.scheduler_config.get("use_dynamic_shifting") else 4
 
     @property
-    def default_guidance_scale(self) -> float:
-        return 3.5
-
-    @property
-    def default_residual_threshold(self) -> float:
-        """First-block cache threshold when the cache is on and a request gives none (MAX's)."""
-        return 0.05
-
-    @property
     def max_text_length(self) -> int:
         return next(e.max_length for e in self.text_encoders if not e.truncate)
-
-    def latent_size(self, height: int, width: int) -> tuple[int, int]:
-        """(h, w) of the unpacked latents, as FluxPipeline.prepare_latents floors them."""
-        f = self.size_multiple
-        return 2 * (int(height) // f), 2 * (int(width) // f)
-
-    def noise_shape(self, batch: int, height: int, width: int) -> tuple[int, ...]:
-        """Shape torch.randn draws the initial noise in: (B, C, h, w), packed afterwards."""
-        h, w = self.latent_size(height, width)
-        return (batch, self.latent_channels, h, w)
-
-    def vae_sample_shape(self, height: int, width: int) -> tuple[int, ...]:
-        """Shape of the img2img VAE posterior sample (one input image)."""
-        h, w = self.latent_size(height, width)
-        return (1, self.latent_channels, h, w)
-
-    def image_seq_len(self, height: int, width: int) -> int:
-        h, w = self.latent_size(height, width)
-        return (h // 2) * (w // 2)
 
     def pack(self, noise: np.ndarray) -> np.ndarray:
         from _fast import pack_latents
@@ -145,13 +110,6 @@ class Flux1Rules(AutoencoderKLGeometry, FlowMatchSchedule):
         return true_cfg_scale > 1 and has_negative_prompt
 
 
-def _unsupported_scheduler(cfg: dict) -> str | None:
-    for key in ("use_beta_sigmas", "stochastic_sampling", "use_flow_sigmas"):
-        if cfg.get(key):
-            return key
-    return None
-
-
 def rules(folder: str | os.PathLike) -> Flux1Rules:
     """Read the FLUX.1 rules of a model folder (configs only; no weights, no torch)."""
     folder = Path(folder)
@@ -164,7 +122,7 @@ def rules(folder: str | os.PathLike) -> Flux1Rules:
     except FileNotFoundError as exc:
         raise ValueError(
             f"{folder} is not a complete FLUX.1 folder: missing {exc.filename}") from None
-    bad = _unsupported_scheduler(sched)
+    bad = unsupported_scheduler_option(sched)
     if bad:
         raise ValueError(f"scheduler option {bad!r} of {folder} is not supported by the harness")
     clip_len = int(clip_cfg.get("model_max_length") or 77)

@@ -2,14 +2,14 @@
 widths (spec/tiny_models.md), built offline into the model cache on first use."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from ..cache import ensure_built
-from ..diffusers_common import (check_tiny_name, corpus_sha256, offline_env, read_json, redraw,
-                                versions)
+from ..diffusers_common import (TINY_FLUX_VAE, check_tiny_name, corpus_sha256, offline_env,
+                                read_json, redraw, save_config_model, versions,
+                                write_model_index)
 from .rules import FAMILY
 
 __all__ = ["TINY_NAMES", "TINY_RECIPE", "FLUX1_DEV_SCHEDULER", "tiny_path", "build_tiny"]
@@ -50,13 +50,7 @@ TINY_RECIPE: dict[str, Any] = {
         "attention_head_dim": 16, "num_attention_heads": 2, "joint_attention_dim": 32,
         "pooled_projection_dim": 32, "guidance_embeds": True, "axes_dims_rope": [4, 6, 6],
     },
-    "vae": {
-        "in_channels": 3, "out_channels": 3,
-        "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
-        "block_out_channels": [8, 16, 16, 16], "layers_per_block": 1, "norm_num_groups": 4,
-        "latent_channels": 16, "scaling_factor": 0.3611, "shift_factor": 0.1159,
-        "use_quant_conv": False, "use_post_quant_conv": False, "sample_size": 256,
-    },
+    "vae": TINY_FLUX_VAE,
     "scheduler": FLUX1_DEV_SCHEDULER,
 }
 
@@ -102,28 +96,12 @@ def build_tiny(out: Path) -> None:
     t5.save_pretrained(out / "text_encoder_2", safe_serialization=True)
 
     torch.manual_seed(r["seed"] + 2)
-    cfg = dict(r["transformer"])
-    cfg["axes_dims_rope"] = tuple(cfg["axes_dims_rope"])
-    FluxTransformer2DModel(**cfg).save_pretrained(out / "transformer", safe_serialization=True)
-
+    save_config_model(FluxTransformer2DModel, r["transformer"], out / "transformer")
     torch.manual_seed(r["seed"] + 3)
-    vae = dict(r["vae"])
-    vae["down_block_types"] = tuple(vae["down_block_types"])
-    vae["up_block_types"] = tuple(vae["up_block_types"])
-    vae["block_out_channels"] = tuple(vae["block_out_channels"])
-    AutoencoderKL(**vae).save_pretrained(out / "vae", safe_serialization=True)
+    save_config_model(AutoencoderKL, r["vae"], out / "vae")
 
     FlowMatchEulerDiscreteScheduler(**r["scheduler"]).save_pretrained(out / "scheduler")
-    _write_model_index(out)
-
-
-def _write_model_index(out: Path) -> None:
-    """model_index.json as ``FluxPipeline.save_pretrained`` writes it."""
-    from diffusers import __version__ as diffusers_version
-
-    index = {
-        "_class_name": "FluxPipeline",
-        "_diffusers_version": diffusers_version,
+    write_model_index(out, "FluxPipeline", {
         "feature_extractor": [None, None],
         "image_encoder": [None, None],
         "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
@@ -133,5 +111,4 @@ def _write_model_index(out: Path) -> None:
         "tokenizer_2": ["transformers", "T5TokenizerFast"],
         "transformer": ["diffusers", "FluxTransformer2DModel"],
         "vae": ["diffusers", "AutoencoderKL"],
-    }
-    (out / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    })

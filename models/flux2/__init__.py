@@ -11,7 +11,7 @@ from .context import TOKENIZER_FAULTS, reference_crop
 from .loading import load_components
 from .loop import LOOP_FAULTS, Flux2Denoiser
 from .reference import Flux2ReferenceRunner, reference_pipeline
-from .rules import (FAMILY, MAX_AREA, MODALITY, NO_FIRST_BLOCK_CACHE, PIPELINE_CLASSES, Flux2Rules,
+from .rules import (FAMILY, MODALITY, NO_FIRST_BLOCK_CACHE, PIPELINE_CLASSES, Flux2Rules,
                     matches, rules)
 from .tiny import MISTRAL_CHAT_TEMPLATE, TINY_NAMES, TINY_RECIPES, build_tiny, tiny_path
 
@@ -23,5 +23,5 @@ __all__ = [
     "FAMILY", "MODALITY", "TINY_NAMES", "PIPELINE_CLASSES", "tiny_path", "matches", "rules",
     "Denoiser", "ReferenceRunner", "load_components", "reference_pipeline", "build_tiny",
     "Flux2Rules", "Flux2Denoiser", "Flux2ReferenceRunner", "LOOP_FAULTS", "TOKENIZER_FAULTS",
-    "NO_FIRST_BLOCK_CACHE", "TINY_RECIPES", "MISTRAL_CHAT_TEMPLATE", "MAX_AREA", "reference_crop",
+    "NO_FIRST_BLOCK_CACHE", "TINY_RECIPES", "MISTRAL_CHAT_TEMPLATE", "reference_crop",
 ]

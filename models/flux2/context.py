@@ -189,7 +189,7 @@ def build_context(r: Flux2Rules, tokenizer, request, opt: dict, fault: str | Non
     shape = r.noise_shape(batch, height, width)
     if fault == "noise_packed_shape":
         shape = (batch, r.image_seq_len(height, width), shape[1])
-    (noise,) = tokenizer._draw([shape], seed, request.noise)
+    (noise,) = tokenizer.draw_noise([shape], seed, request.noise)
     latents = noise if fault == "noise_packed_shape" else r.pack(noise)
 
     extra: dict[str, Any] = {"seed": seed, "mu": mu, "t_start": 0, "cfg": cfg,

@@ -14,7 +14,7 @@ import numpy as np
 from harness.images import load_input_image
 from harness.parity.pixel import ReferenceRunner
 
-from ..diffusers_common import offline_env
+from ..diffusers_common import assemble_pipeline, offline_env
 from .rules import NO_FIRST_BLOCK_CACHE, rules
 
 __all__ = ["reference_pipeline", "Flux2ReferenceRunner"]
@@ -24,29 +24,23 @@ def reference_pipeline(components: dict, folder: str | os.PathLike, *, is_distil
     """diffusers' own Flux2KleinPipeline / Flux2Pipeline over the same loaded modules, with the
     folder's scheduler and tokenizer (the parity reference)."""
     offline_env()
-    from diffusers import FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Pipeline
+    from diffusers import Flux2KleinPipeline, Flux2Pipeline
 
     folder = Path(folder)
     r = rules(folder)
-    scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(folder / "scheduler",
-                                                                local_files_only=True)
     if r.layout == "klein":
         from transformers import Qwen2TokenizerFast
 
         tok = Qwen2TokenizerFast.from_pretrained(folder / "tokenizer", local_files_only=True)
-        pipe = Flux2KleinPipeline(
-            scheduler=scheduler, tokenizer=tok,
-            is_distilled=r.is_distilled if is_distilled is None else is_distilled, **components)
-    else:
-        # The tokenizer stands in for dev's PixtralProcessor (which needs torchvision): for text
-        # whose template starts with BOS both encode with add_special_tokens=False.
-        from transformers import AutoTokenizer
+        return assemble_pipeline(
+            Flux2KleinPipeline, folder, components, tokenizer=tok,
+            is_distilled=r.is_distilled if is_distilled is None else is_distilled)
+    # The tokenizer stands in for dev's PixtralProcessor (which needs torchvision): for text
+    # whose template starts with BOS both encode with add_special_tokens=False.
+    from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
-        pipe = Flux2Pipeline(scheduler=scheduler, tokenizer=tok, **components)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
+    tok = AutoTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
+    return assemble_pipeline(Flux2Pipeline, folder, components, tokenizer=tok)
 
 class Flux2ReferenceRunner(ReferenceRunner):
     """The folder's FLUX.2 pipeline; ``is_distilled=`` (a call keyword) overrides Klein's

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..diffusers_common import (AutoencoderKLGeometry, FlowMatchSchedule, class_name, read_json,
-                                special_token)
+from ..diffusers_common import class_name, read_chat_template, read_json, special_token
+from ..image_rules import (AutoencoderKLGeometry, FlowMatchSchedule, ImageRulesDefaults,
+                           unsupported_scheduler_option)
 
-__all__ = ["FAMILY", "MODALITY", "PIPELINE_CLASSES", "MAX_AREA", "NO_FIRST_BLOCK_CACHE",
+__all__ = ["FAMILY", "MODALITY", "PIPELINE_CLASSES", "NO_FIRST_BLOCK_CACHE",
            "matches", "rules", "Flux2Rules"]
 
 FAMILY = "flux2"
@@ -28,10 +29,6 @@ MODALITY = "image"
 #: model_index.json class → layout.
 PIPELINE_CLASSES = {"Flux2KleinPipeline": "klein", "Flux2Pipeline": "dev"}
 
-#: MAX caps FLUX.2 requests at 1024² pixels (pixel_pipelines.md §3).
-MAX_AREA = 1024 * 1024
-#: Both pipelines pad the prompt to ``max_sequence_length=512``.
-MAX_TEXT_LENGTH = 512
 #: Hidden-state layers stacked on the feature axis (the pipelines' ``text_encoder_out_layers``).
 TEXT_LAYERS = {"klein": (9, 18, 27), "dev": (10, 20, 30)}
 #: BFL's documented reference-image limits (diffusers itself sets none): Klein 4, dev 6.
@@ -49,15 +46,13 @@ NO_FIRST_BLOCK_CACHE = (
     "residual_threshold")
 
 
-
 def matches(folder: str | os.PathLike) -> bool:
     """True for a diffusers folder whose model_index.json names a FLUX.2 pipeline."""
     return class_name(folder) in PIPELINE_CLASSES
 
 
-
 @dataclass(frozen=True)
-class Flux2Rules(AutoencoderKLGeometry, FlowMatchSchedule):
+class Flux2Rules(ImageRulesDefaults, AutoencoderKLGeometry, FlowMatchSchedule):
     """FLUX.2 rules the tokenizer and the loop ask for, read from a model folder's configs."""
 
     folder: Path
@@ -75,13 +70,14 @@ class Flux2Rules(AutoencoderKLGeometry, FlowMatchSchedule):
     image_role: str = "conditioning"
 
     # ---------------------------------------------------------------------------- geometry
+    #: MAX caps FLUX.2 requests at 1024² pixels (pixel_pipelines.md §3).
+    max_area = 1024 * 1024
+    #: Both pipelines pad the prompt to ``max_sequence_length=512``.
+    max_text_length = 512
+
     @property
     def latent_channels(self) -> int:
         return int(self.transformer_config["in_channels"]) // 4
-
-    @property
-    def max_area(self) -> int:
-        return MAX_AREA
 
     @property
     def max_input_images(self) -> int:
@@ -103,10 +99,6 @@ class Flux2Rules(AutoencoderKLGeometry, FlowMatchSchedule):
         return 1.0 if self.is_distilled else 4.0
 
     @property
-    def max_text_length(self) -> int:
-        return MAX_TEXT_LENGTH
-
-    @property
     def text_layers(self) -> tuple[int, ...]:
         return TEXT_LAYERS[self.layout]
 
@@ -115,11 +107,6 @@ class Flux2Rules(AutoencoderKLGeometry, FlowMatchSchedule):
         """dev always feeds the (unscaled) guidance embedding; Klein passes ``guidance=None``."""
         return self.layout == "dev"
 
-    def latent_size(self, height: int, width: int) -> tuple[int, int]:
-        """(h, w) of the unpatchified latents, as ``prepare_latents`` floors them."""
-        f = self.size_multiple
-        return 2 * (int(height) // f), 2 * (int(width) // f)
-
     def token_grid(self, height: int, width: int) -> tuple[int, int]:
         h, w = self.latent_size(height, width)
         return h // 2, w // 2
@@ -127,10 +114,6 @@ class Flux2Rules(AutoencoderKLGeometry, FlowMatchSchedule):
     def noise_shape(self, batch: int, height: int, width: int) -> tuple[int, ...]:
         """FLUX.2 draws the noise already patchified: (B, 4C, h/2, w/2)."""
         return (batch, 4 * self.latent_channels) + self.token_grid(height, width)
-
-    def image_seq_len(self, height: int, width: int) -> int:
-        h2, w2 = self.token_grid(height, width)
-        return h2 * w2
 
     def uses_cfg(self, guidance_scale: float) -> bool:
         """Klein: CFG with the empty negative prompt iff ``guidance_scale > 1``, not distilled."""
@@ -229,11 +212,10 @@ def rules(folder: str | os.PathLike) -> Flux2Rules:
     except FileNotFoundError as exc:
         raise ValueError(
             f"{folder} is not a complete FLUX.2 folder: missing {exc.filename}") from None
-    for key in ("use_beta_sigmas", "stochastic_sampling", "use_flow_sigmas"):
-        if sched.get(key):
-            raise ValueError(
-                f"scheduler option {key!r} of {folder} is not supported by the harness")
-    template = _chat_template(folder / "tokenizer", tok_cfg)
+    bad = unsupported_scheduler_option(sched)
+    if bad:
+        raise ValueError(f"scheduler option {bad!r} of {folder} is not supported by the harness")
+    template = read_chat_template(folder / "tokenizer", tok_cfg)
     if template is None:
         raise ValueError(f"the tokenizer of {folder} has no chat template")
     return Flux2Rules(
@@ -241,15 +223,6 @@ def rules(folder: str | os.PathLike) -> Flux2Rules:
         transformer_config=transformer, tokenizer_dir=folder / "tokenizer",
         chat_template=template,
         pad_token=special_token(tok_cfg.get("pad_token"),
-                         "<|endoftext|>" if layout == "klein" else "<pad>"),
+                                "<|endoftext|>" if layout == "klein" else "<pad>"),
         padding_side=str(tok_cfg.get("padding_side") or "right"),
         is_distilled=bool(index.get("is_distilled", False)))
-
-
-def _chat_template(tok_dir: Path, tok_cfg: dict) -> str | None:
-    """The chat template: chat_template.jinja, chat_template.json or tokenizer_config.json."""
-    if (tok_dir / "chat_template.jinja").is_file():
-        return (tok_dir / "chat_template.jinja").read_text(encoding="utf-8")
-    if (tok_dir / "chat_template.json").is_file():
-        return read_json(tok_dir / "chat_template.json").get("chat_template")
-    return tok_cfg.get("chat_template")

@@ -2,14 +2,14 @@
 shrunken widths, text encoders deep enough for the real hidden-state layers; built offline."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from ..cache import ensure_built
 from ..diffusers_common import (chat_tokenizers_sha256, check_tiny_name, corpus_sha256,
-                                offline_env, read_json, redraw, versions)
+                                offline_env, read_json, redraw, save_config_model, versions,
+                                write_model_index)
 from .context import dev_system_message
 from .rules import FAMILY
 
@@ -101,9 +101,7 @@ def build_tiny(out: Path, name: str = "tiny-flux2-klein") -> None:
         _build_mistral3(out, r, gen)
 
     torch.manual_seed(r["seed"] + 2)
-    cfg = dict(r["transformer"])
-    cfg["axes_dims_rope"] = tuple(cfg["axes_dims_rope"])
-    Flux2Transformer2DModel(**cfg).save_pretrained(out / "transformer", safe_serialization=True)
+    save_config_model(Flux2Transformer2DModel, r["transformer"], out / "transformer")
 
     torch.manual_seed(r["seed"] + 3)
     vae_cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in r["vae"].items()}
@@ -115,7 +113,20 @@ def build_tiny(out: Path, name: str = "tiny-flux2-klein") -> None:
     vae.save_pretrained(out / "vae", safe_serialization=True)
 
     FlowMatchEulerDiscreteScheduler(**r["scheduler"]).save_pretrained(out / "scheduler")
-    _write_model_index(out, r)
+    components: dict[str, Any] = {
+        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+        "transformer": ["diffusers", "Flux2Transformer2DModel"],
+        "vae": ["diffusers", "AutoencoderKLFlux2"],
+    }
+    if r["layout"] == "klein":
+        write_model_index(out, "Flux2KleinPipeline", components | {
+            "is_distilled": r["is_distilled"],
+            "text_encoder": ["transformers", "Qwen3ForCausalLM"],
+            "tokenizer": ["transformers", "Qwen2TokenizerFast"]})
+    else:
+        write_model_index(out, "Flux2Pipeline", components | {
+            "text_encoder": ["transformers", "Mistral3ForConditionalGeneration"],
+            "tokenizer": ["transformers", "PixtralProcessor"]})
 
 
 def _build_qwen3(out: Path, r: dict, gen) -> None:
@@ -199,24 +210,3 @@ def _build_mistral3(out: Path, r: dict, gen) -> None:
         image_token_index=vocab["[IMG]"], spatial_merge_size=1, vision_feature_layer=-1)).eval()
     redraw(model, r["text_encoder_init_std"], gen)
     model.save_pretrained(out / "text_encoder", safe_serialization=True)
-
-
-def _write_model_index(out: Path, r: dict) -> None:
-    """model_index.json as ``save_pretrained`` of the layout's pipeline writes it."""
-    from diffusers import __version__ as diffusers_version
-
-    index: dict[str, Any] = {
-        "_diffusers_version": diffusers_version,
-        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
-        "transformer": ["diffusers", "Flux2Transformer2DModel"],
-        "vae": ["diffusers", "AutoencoderKLFlux2"],
-    }
-    if r["layout"] == "klein":
-        index.update({"_class_name": "Flux2KleinPipeline", "is_distilled": r["is_distilled"],
-                      "text_encoder": ["transformers", "Qwen3ForCausalLM"],
-                      "tokenizer": ["transformers", "Qwen2TokenizerFast"]})
-    else:
-        index.update({"_class_name": "Flux2Pipeline",
-                      "text_encoder": ["transformers", "Mistral3ForConditionalGeneration"],
-                      "tokenizer": ["transformers", "PixtralProcessor"]})
-    (out / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")

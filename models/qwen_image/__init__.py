@@ -13,7 +13,7 @@ from .context import TOKENIZER_FAULTS, build_context
 from .loading import load_components
 from .loop import LOOP_FAULTS, QwenImageDenoiser
 from .reference import QwenImageReferenceRunner, qwen2vl_processor, reference_pipeline
-from .rules import (FAMILY, MAX_AREA, MODALITY, PIPELINE_CLASSES, SPECS, PipelineSpec,
+from .rules import (FAMILY, MODALITY, PIPELINE_CLASSES, SPECS, PipelineSpec,
                     QwenImageRules, calculate_dimensions, matches, rules, shapes_from_ids)
 from .tiny import (QWEN_IMAGE_SPECIALS, TINY_NAMES, TINY_RECIPE, build_tiny, templates_corpus,
                    tiny_path)
@@ -26,7 +26,7 @@ __all__ = [
     "FAMILY", "MODALITY", "TINY_NAMES", "PIPELINE_CLASSES", "tiny_path", "matches", "rules",
     "Denoiser", "ReferenceRunner", "load_components", "reference_pipeline", "build_tiny",
     "QwenImageRules", "QwenImageDenoiser", "QwenImageReferenceRunner", "PipelineSpec", "SPECS",
-    "LOOP_FAULTS", "TOKENIZER_FAULTS", "TINY_RECIPE", "QWEN_IMAGE_SPECIALS", "MAX_AREA",
+    "LOOP_FAULTS", "TOKENIZER_FAULTS", "TINY_RECIPE", "QWEN_IMAGE_SPECIALS",
     "build_context", "calculate_dimensions", "shapes_from_ids", "qwen2vl_processor",
     "templates_corpus",
 ]

@@ -105,7 +105,8 @@ def build_context(rules: QwenImageRules, tokenizer, request, opt: dict, fault: s
 
     timesteps, sigmas, mu = rules.schedule(steps, height, width,
                                            terminal=fault != "no_shift_terminal")
-    noise = tokenizer._draw([rules.noise_shape(batch, height, width)], seed, request.noise)[0]
+    noise = tokenizer.draw_noise([rules.noise_shape(batch, height, width)], seed,
+                               request.noise)[0]
     shapes = [rules.token_grid(height, width)]
     if edit:
         shapes += [rules.token_grid(h, w) for w, h in edit["vae_sizes"]]

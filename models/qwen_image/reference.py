@@ -12,7 +12,7 @@ from pathlib import Path
 from harness.images import load_input_image
 from harness.parity.pixel import ReferenceRunner
 
-from ..diffusers_common import offline_env
+from ..diffusers_common import assemble_pipeline, offline_env
 from .rules import load_image_processor, rules
 
 __all__ = ["reference_pipeline", "qwen2vl_processor", "QwenImageReferenceRunner"]
@@ -46,23 +46,17 @@ def reference_pipeline(components: dict, folder: str | os.PathLike, **_):
     scheduler, Qwen2Tokenizer and (edit) the PIL Qwen2-VL processor: the parity reference."""
     offline_env()
     import diffusers
-    from diffusers import FlowMatchEulerDiscreteScheduler
     from transformers import Qwen2Tokenizer
 
     folder = Path(folder)
     spec = rules(folder).spec
-    kw = dict(components)
-    kw["scheduler"] = FlowMatchEulerDiscreteScheduler.from_pretrained(folder / "scheduler",
-                                                                      local_files_only=True)
-    kw["tokenizer"] = Qwen2Tokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
+    parts = {"tokenizer": Qwen2Tokenizer.from_pretrained(folder / "tokenizer",
+                                                          local_files_only=True)}
     if spec.edit:
-        kw["processor"] = qwen2vl_processor(
+        parts["processor"] = qwen2vl_processor(
             load_image_processor(str(folder / "processor")),
             Qwen2Tokenizer.from_pretrained(folder / "processor", local_files_only=True))
-    pipe = getattr(diffusers, spec.name)(**kw)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
+    return assemble_pipeline(getattr(diffusers, spec.name), folder, components, **parts)
 
 class QwenImageReferenceRunner(ReferenceRunner):
     """The folder's own Qwen-Image pipeline (text-to-image or edit)."""

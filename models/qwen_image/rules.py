@@ -20,10 +20,12 @@ import numpy as np
 
 from harness.errors import RequestError
 
-from ..diffusers_common import FlowMatchSchedule, class_name, offline_env, read_json
+from ..diffusers_common import class_name, offline_env, read_json
+from ..image_rules import (FlowMatchSchedule, ImageRulesDefaults, LatentGeometry,
+                           unsupported_scheduler_option)
 
 __all__ = ["FAMILY", "MODALITY", "PIPELINE_CLASSES", "PipelineSpec", "SPECS", "QwenImageRules",
-           "matches", "rules", "calculate_dimensions", "shapes_from_ids", "MAX_AREA",
+           "matches", "rules", "calculate_dimensions", "shapes_from_ids",
            "ROPE_POSITIONS", "MAX_ASPECT_RATIO", "DEFAULT_SIZE"]
 
 FAMILY = "qwen_image"
@@ -77,8 +79,6 @@ SPECS = {
 
 #: QwenImagePipeline's default size (default_sample_size 128 × VAE factor 8).
 DEFAULT_SIZE = 1024
-#: Area cap; the rope tables (4096 positions per axis) allow far more.
-MAX_AREA = 2048 * 2048
 #: Positions per axis of QwenEmbedRope's tables (the text ids must stay below).
 ROPE_POSITIONS = 4096
 #: Qwen2-VL's smart_resize refuses aspect ratios above this.
@@ -137,7 +137,7 @@ def load_image_processor(folder: str):
 
 
 @dataclass(frozen=True)
-class QwenImageRules(FlowMatchSchedule):
+class QwenImageRules(ImageRulesDefaults, LatentGeometry, FlowMatchSchedule):
     """Qwen-Image rules the tokenizer and the loop ask for, read from a model folder's configs."""
 
     folder: Path
@@ -168,10 +168,6 @@ class QwenImageRules(FlowMatchSchedule):
         return int(self.transformer_config.get("in_channels", 64)) // 4
 
     @property
-    def max_area(self) -> int:
-        return MAX_AREA
-
-    @property
     def max_input_images(self) -> int:
         return self.spec.max_images
 
@@ -179,27 +175,13 @@ class QwenImageRules(FlowMatchSchedule):
     def image_role(self) -> str:
         return "conditioning" if self.spec.edit else "none"
 
-    @property
-    def default_size(self) -> int:
-        return DEFAULT_SIZE
-
-    @property
-    def default_steps(self) -> int:
-        return 50  # the pipelines' num_inference_steps default
-
-    @property
-    def default_guidance_scale(self) -> float:
-        return 1.0  # unused: Qwen-Image has no guidance embedding (true CFG instead)
-
-    @property
-    def default_true_cfg_scale(self) -> float:
-        """The Qwen-Image pipelines' own default: a negative prompt alone turns CFG on."""
-        return 4.0
-
-    @property
-    def default_residual_threshold(self) -> float:
-        """First-block cache threshold when a loop switches the cache on without one."""
-        return 0.05
+    default_size = DEFAULT_SIZE
+    #: The pipelines' num_inference_steps default.
+    default_steps = 50
+    #: Unused: Qwen-Image has no guidance embedding (true CFG instead).
+    default_guidance_scale = 1.0
+    #: The Qwen-Image pipelines' own default: a negative prompt alone turns CFG on.
+    default_true_cfg_scale = 4.0
 
     @property
     def min_steps(self) -> int:
@@ -215,18 +197,10 @@ class QwenImageRules(FlowMatchSchedule):
         """Longest text sequence after the template drop (t2i: max_sequence_length 512)."""
         return self.spec.truncate or int(self.text_config.get("max_position_embeddings", 128000))
 
-    def latent_size(self, height: int, width: int) -> tuple[int, int]:
-        f = self.size_multiple
-        return 2 * (int(height) // f), 2 * (int(width) // f)
-
     def noise_shape(self, batch: int, height: int, width: int) -> tuple[int, ...]:
         """(B, 1, C, h, w): QwenImagePipeline.prepare_latents draws one frame, then packs."""
         h, w = self.latent_size(height, width)
         return (batch, 1, self.latent_channels, h, w)
-
-    def image_seq_len(self, height: int, width: int) -> int:
-        h, w = self.latent_size(height, width)
-        return (h // 2) * (w // 2)
 
     def token_grid(self, height: int, width: int) -> tuple[int, int, int]:
         """(1, H // vsf // 2, W // vsf // 2): the img_shapes entry for a pixel size."""
@@ -317,9 +291,9 @@ class QwenImageRules(FlowMatchSchedule):
 
 
 def _unsupported(sched: dict, transformer: dict) -> str | None:
-    for key in ("use_beta_sigmas", "stochastic_sampling", "use_flow_sigmas"):
-        if sched.get(key):
-            return f"scheduler option {key!r}"
+    bad = unsupported_scheduler_option(sched)
+    if bad:
+        return f"scheduler option {bad!r}"
     for key in ("guidance_embeds", "use_additional_t_cond", "use_layer3d_rope"):
         if transformer.get(key):
             return f"transformer option {key!r}"

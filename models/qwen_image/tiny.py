@@ -4,14 +4,14 @@ real image processor; built offline on first use."""
 from __future__ import annotations
 
 import functools
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from ..cache import ensure_built
 from ..diffusers_common import (chat_tokenizers_sha256, check_tiny_name, corpus_sha256,
-                                offline_env, sha256, versions)
+                                offline_env, save_config_model, sha256, versions,
+                                write_model_index)
 from .rules import EDIT_SYSTEM, FAMILY, PIPELINE_CLASSES, SPECS
 
 __all__ = ["TINY_NAMES", "TINY_RECIPE", "QWEN_IMAGE_SCHEDULER", "QWEN_IMAGE_SPECIALS",
@@ -133,17 +133,13 @@ def build_tiny(out: Path, *, pipeline: str = "QwenImagePipeline") -> None:
     te.save_pretrained(out / "text_encoder", safe_serialization=True)
 
     torch.manual_seed(r["seed"] + 1)
-    tcfg = dict(r["transformer"])
-    tcfg["axes_dims_rope"] = tuple(tcfg["axes_dims_rope"])
-    QwenImageTransformer2DModel(**tcfg).save_pretrained(out / "transformer",
-                                                        safe_serialization=True)
+    save_config_model(QwenImageTransformer2DModel, r["transformer"], out / "transformer")
 
     torch.manual_seed(r["seed"] + 2)
     AutoencoderKLQwenImage(**r["vae"]).save_pretrained(out / "vae", safe_serialization=True)
 
     FlowMatchEulerDiscreteScheduler(**r["scheduler"]).save_pretrained(out / "scheduler")
-    index = {
-        "_class_name": pipeline,
+    components = {
         "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
         "text_encoder": ["transformers", "Qwen2_5_VLForConditionalGeneration"],
         "tokenizer": ["transformers", "Qwen2Tokenizer"],
@@ -157,8 +153,5 @@ def build_tiny(out: Path, *, pipeline: str = "QwenImagePipeline") -> None:
             size={"shortest_edge": p["min_pixels"], "longest_edge": p["max_pixels"]},
             patch_size=p["patch_size"], temporal_patch_size=p["temporal_patch_size"],
             merge_size=p["merge_size"]).save_pretrained(out / "processor")
-        index["processor"] = ["transformers", "Qwen2VLProcessor"]
-    from diffusers import __version__ as diffusers_version
-
-    index["_diffusers_version"] = diffusers_version
-    (out / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        components["processor"] = ["transformers", "Qwen2VLProcessor"]
+    write_model_index(out, pipeline, components)

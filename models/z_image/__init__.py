@@ -11,7 +11,7 @@ from .context import TOKENIZER_FAULTS, build_context
 from .loading import load_components
 from .loop import LOOP_FAULTS, ZImageDenoiser
 from .reference import ZImageReferenceRunner, reference_pipeline
-from .rules import FAMILY, MAX_AREA, MODALITY, PIPELINE_CLASSES, ZImageRules, matches, rules
+from .rules import FAMILY, MODALITY, PIPELINE_CLASSES, ZImageRules, matches, rules
 from .tiny import TINY_NAMES, TINY_RECIPE, Z_IMAGE_TURBO_SCHEDULER, build_tiny, tiny_path
 
 #: The family contract: the loop and the parity runner the CLI drives.
@@ -22,5 +22,5 @@ __all__ = [
     "FAMILY", "MODALITY", "TINY_NAMES", "PIPELINE_CLASSES", "tiny_path", "matches", "rules",
     "Denoiser", "ReferenceRunner", "load_components", "reference_pipeline", "build_tiny",
     "ZImageRules", "ZImageDenoiser", "ZImageReferenceRunner", "LOOP_FAULTS", "TOKENIZER_FAULTS",
-    "TINY_RECIPE", "Z_IMAGE_TURBO_SCHEDULER", "MAX_AREA", "build_context",
+    "TINY_RECIPE", "Z_IMAGE_TURBO_SCHEDULER", "build_context",
 ]

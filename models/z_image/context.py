@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 
 from _fast.tokens import TokenBuffer
 from harness.context import PixelContext
@@ -65,7 +64,8 @@ def build_context(rules: ZImageRules, tokenizer, request, opt: dict,
     draws = [(rules.noise_shape(batch, height, width), noise_dt)]
     if image is not None:
         draws.insert(0, (rules.vae_sample_shape(height, width), model_dt))
-    noises = _draw(draws, seed, request.noise)
+    noises = tokenizer.draw_noise([s for s, _ in draws], seed, request.noise,
+                                  [d for _, d in draws])
 
     extra: dict[str, Any] = {"seed": seed, "mu": mu, "t_start": t_start}
     ctx_kw: dict[str, Any] = {}
@@ -90,16 +90,3 @@ def build_context(rules: ZImageRules, tokenizer, request, opt: dict,
         cfg_truncation=float(request.cfg_truncation),
         num_images_per_prompt=batch, output_format=opt["format"],
         residual_threshold=request.residual_threshold, extra_model_args=extra, **ctx_kw)
-
-
-def _draw(draws: list[tuple[tuple[int, ...], str]], seed: int,
-          convention: str) -> list[np.ndarray]:
-    """Draw in order from one seeded generator; float32 arrays holding the drawn dtype's values."""
-    if convention == "numpy":
-        rs = np.random.RandomState(seed)
-        return [rs.standard_normal(s).astype(np.float32) for s, _ in draws]
-    import torch
-
-    gen = torch.Generator("cpu").manual_seed(seed)
-    table = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-    return [torch.randn(s, generator=gen, dtype=table[d]).float().numpy() for s, d in draws]

@@ -22,12 +22,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
-
 from harness.images import load_input_image
 from harness.parity.pixel import ReferenceRunner
 
-from ..diffusers_common import offline_env
+from ..diffusers_common import assemble_pipeline, offline_env
 
 __all__ = ["reference_pipeline", "ZImageReferenceRunner"]
 
@@ -36,20 +34,13 @@ def reference_pipeline(components: dict, folder: str | os.PathLike, *, img2img: 
     """diffusers' ZImagePipeline / ZImageImg2ImgPipeline over the same loaded modules, with the
     folder's scheduler and transformers tokenizer (the parity reference)."""
     offline_env()
-    from diffusers import FlowMatchEulerDiscreteScheduler, ZImageImg2ImgPipeline, ZImagePipeline
+    from diffusers import ZImageImg2ImgPipeline, ZImagePipeline
     from transformers import AutoTokenizer
 
     folder = Path(folder)
-    cls = ZImageImg2ImgPipeline if img2img else ZImagePipeline
-    pipe = cls(
-        scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(
-            folder / "scheduler", local_files_only=True),
-        tokenizer=AutoTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True),
-        **components,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
+    return assemble_pipeline(
+        ZImageImg2ImgPipeline if img2img else ZImagePipeline, folder, components,
+        tokenizer=AutoTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True))
 
 def _sized_image(source, height: int, width: int):
     """The request's input image as the RGB PIL image of the requested size."""
@@ -122,9 +113,7 @@ class ZImageReferenceRunner(ReferenceRunner):
     image (handed over at the request's size, see the module notes)."""
 
     reference_pipeline = staticmethod(reference_pipeline)
-
-    def pipeline_key(self, ctx) -> dict:
-        return {"img2img": "image_nhwc" in ctx.extra_model_args}
+    img2img_pipeline = True
 
     def call_kwargs(self, request, ctx) -> dict:
         kwargs = dict(
@@ -133,18 +122,10 @@ class ZImageReferenceRunner(ReferenceRunner):
             guidance_scale=ctx.guidance_scale, cfg_normalization=ctx.cfg_normalization,
             cfg_truncation=ctx.cfg_truncation, num_images_per_prompt=ctx.num_images_per_prompt,
             max_sequence_length=self.rules.max_text_length)
-        if self.pipeline_key(ctx)["img2img"]:
+        if self.is_img2img(ctx):
             kwargs.update(image=_sized_image(request.input_image, ctx.height, ctx.width),
                           strength=ctx.strength)
         return kwargs
-
-    def start_latents(self, ctx, initial_latents: np.ndarray | None) -> np.ndarray:
-        """img2img given ``latents=`` skips the VAE encode and scale_noise: our mixed start."""
-        if not self.pipeline_key(ctx)["img2img"]:
-            return ctx.latents
-        if initial_latents is None:
-            raise ValueError("numpy-noise img2img parity needs the harness's initial latents")
-        return initial_latents
 
     def cache_hook(self, pipe, threshold: float, ctx):
         return _with_fbc_hook(pipe, threshold, ctx.num_images_per_prompt)

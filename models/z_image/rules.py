@@ -18,34 +18,23 @@ import numpy as np
 
 from harness.errors import RequestError
 
-from ..diffusers_common import (AutoencoderKLGeometry, FlowMatchSchedule, class_name,
-                                read_chat_template, read_json, special_token)
+from ..diffusers_common import class_name, read_chat_template, read_json, special_token
+from ..image_rules import (AutoencoderKLGeometry, FlowMatchSchedule, ImageRulesDefaults,
+                           unsupported_scheduler_option)
 
-__all__ = ["FAMILY", "MODALITY", "PIPELINE_CLASSES", "MAX_AREA", "matches", "rules",
-           "ZImageRules"]
+__all__ = ["FAMILY", "MODALITY", "PIPELINE_CLASSES", "matches", "rules", "ZImageRules"]
 
 FAMILY = "z_image"
 MODALITY = "image"
 PIPELINE_CLASSES = ("ZImagePipeline", "ZImageImg2ImgPipeline")
 
-#: Largest pixel area a request may ask for.
-MAX_AREA = 2048 * 2048
-#: ZImagePipeline's ``max_sequence_length`` default (the chat template counts).
-MAX_TEXT_LENGTH = 512
-#: ZImagePipeline's own defaults for omitted options.
-DEFAULT_STEPS = 50
-DEFAULT_GUIDANCE = 5.0
-#: First-block cache threshold when the cache is on and the request gives none (spec §4).
-DEFAULT_RESIDUAL_THRESHOLD = 0.06
 _SPECIAL_ATTRS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token",
                   "mask_token")
-
 
 
 def matches(folder: str | os.PathLike) -> bool:
     """True for a diffusers folder whose model_index.json names a Z-Image (img2img) pipeline."""
     return class_name(folder) in PIPELINE_CLASSES
-
 
 
 @functools.lru_cache(maxsize=8)
@@ -56,7 +45,7 @@ def _load_tokenizer(tokenizer_dir: str):
 
 
 @dataclass(frozen=True)
-class ZImageRules(AutoencoderKLGeometry, FlowMatchSchedule):
+class ZImageRules(ImageRulesDefaults, AutoencoderKLGeometry, FlowMatchSchedule):
     """Z-Image rules the tokenizer and the loop ask for, read from a model folder's configs."""
 
     folder: Path
@@ -71,9 +60,17 @@ class ZImageRules(AutoencoderKLGeometry, FlowMatchSchedule):
     family: str = FAMILY
     #: The family tokenizes itself (``build_context``); no generic per-encoder tokenizers.
     text_encoders: tuple = ()
-    image_role: str = "img2img"
 
     # ---------------------------------------------------------------------------- geometry
+    #: ZImagePipeline's own defaults for omitted options (Z-Image never packs: the transformer
+    #: patchifies the (B, C, h, w) noise itself).
+    default_steps = 50
+    default_guidance_scale = 5.0
+    #: First-block cache threshold when the cache is on and the request gives none (spec §4).
+    default_residual_threshold = 0.06
+    #: ZImagePipeline's ``max_sequence_length`` default (the chat template counts).
+    max_text_length = 512
+
     @property
     def patch_size(self) -> int:
         return int(self.transformer_config.get("all_patch_size", [2])[0])
@@ -81,47 +78,6 @@ class ZImageRules(AutoencoderKLGeometry, FlowMatchSchedule):
     @property
     def latent_channels(self) -> int:
         return int(self.transformer_config["in_channels"])
-
-    @property
-    def max_area(self) -> int:
-        return MAX_AREA
-
-    @property
-    def max_input_images(self) -> int:
-        return 1
-
-    @property
-    def default_steps(self) -> int:
-        return DEFAULT_STEPS
-
-    @property
-    def default_guidance_scale(self) -> float:
-        return DEFAULT_GUIDANCE
-
-    @property
-    def default_residual_threshold(self) -> float:
-        return DEFAULT_RESIDUAL_THRESHOLD
-
-    @property
-    def max_text_length(self) -> int:
-        return MAX_TEXT_LENGTH
-
-    def latent_size(self, height: int, width: int) -> tuple[int, int]:
-        """(h, w) of the latents, as ZImagePipeline.prepare_latents computes them."""
-        f = self.size_multiple
-        return 2 * (int(height) // f), 2 * (int(width) // f)
-
-    def noise_shape(self, batch: int, height: int, width: int) -> tuple[int, ...]:
-        """(B, C, h, w): Z-Image never packs; the transformer patchifies."""
-        h, w = self.latent_size(height, width)
-        return (batch, self.latent_channels, h, w)
-
-    def vae_sample_shape(self, height: int, width: int) -> tuple[int, ...]:
-        return self.noise_shape(1, height, width)
-
-    def image_seq_len(self, height: int, width: int) -> int:
-        h, w = self.latent_size(height, width)
-        return (h // 2) * (w // 2)
 
     # ---------------------------------------------------------------------------- schedule
     def schedule(self, num_steps: int, height: int, width: int, *, fault: str | None = None):
@@ -203,13 +159,6 @@ class ZImageRules(AutoencoderKLGeometry, FlowMatchSchedule):
         return build_context(self, tokenizer, request, opt, fault)
 
 
-def _unsupported_scheduler(cfg: dict) -> str | None:
-    for key in ("use_beta_sigmas", "stochastic_sampling", "use_flow_sigmas"):
-        if cfg.get(key):
-            return key
-    return None
-
-
 def rules(folder: str | os.PathLike) -> ZImageRules:
     """Read the Z-Image rules of a model folder (configs only; no weights, no torch)."""
     folder = Path(folder)
@@ -224,7 +173,7 @@ def rules(folder: str | os.PathLike) -> ZImageRules:
     except FileNotFoundError as exc:
         raise ValueError(
             f"{folder} is not a complete Z-Image folder: missing {exc.filename}") from None
-    bad = _unsupported_scheduler(sched)
+    bad = unsupported_scheduler_option(sched)
     if bad:
         raise ValueError(f"scheduler option {bad!r} of {folder} is not supported by the harness")
     template = read_chat_template(tok_dir, tok_cfg)

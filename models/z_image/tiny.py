@@ -2,13 +2,13 @@
 schedule, shrunken widths, a 3-layer Qwen3 text encoder; built offline on first use."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from ..cache import ensure_built
-from ..diffusers_common import check_tiny_name, offline_env, read_json, redraw, sha256, versions
+from ..diffusers_common import (TINY_FLUX_VAE, check_tiny_name, offline_env, read_json, redraw,
+                                save_config_model, sha256, versions, write_model_index)
 from .rules import FAMILY
 
 __all__ = ["TINY_NAMES", "TINY_RECIPE", "Z_IMAGE_TURBO_SCHEDULER", "tiny_path", "build_tiny"]
@@ -40,13 +40,7 @@ TINY_RECIPE: dict[str, Any] = {
     },
     # ZImageTransformer2DModel creates these as zeros: draw them, or padding is invisible.
     "pad_token_std": 0.5,
-    "vae": {
-        "in_channels": 3, "out_channels": 3,
-        "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
-        "block_out_channels": [8, 16, 16, 16], "layers_per_block": 1, "norm_num_groups": 4,
-        "latent_channels": 16, "scaling_factor": 0.3611, "shift_factor": 0.1159,
-        "use_quant_conv": False, "use_post_quant_conv": False, "sample_size": 256,
-    },
+    "vae": TINY_FLUX_VAE,
     "scheduler": Z_IMAGE_TURBO_SCHEDULER,
 }
 
@@ -101,26 +95,14 @@ def build_tiny(out: Path) -> None:
     transformer.save_pretrained(out / "transformer", safe_serialization=True)
 
     torch.manual_seed(r["seed"] + 2)
-    vae = dict(r["vae"])
-    for key in ("down_block_types", "up_block_types", "block_out_channels"):
-        vae[key] = tuple(vae[key])
-    AutoencoderKL(**vae).save_pretrained(out / "vae", safe_serialization=True)
+    save_config_model(AutoencoderKL, r["vae"], out / "vae")
 
     FlowMatchEulerDiscreteScheduler(**r["scheduler"]).save_pretrained(out / "scheduler")
-    _write_model_index(out)
-
-
-def _write_model_index(out: Path) -> None:
-    """model_index.json as ``ZImagePipeline.save_pretrained`` writes it (Turbo's classes)."""
-    from diffusers import __version__ as diffusers_version
-
-    index = {
-        "_class_name": "ZImagePipeline",
-        "_diffusers_version": diffusers_version,
+    # Turbo's classes, as ZImagePipeline.save_pretrained writes them.
+    write_model_index(out, "ZImagePipeline", {
         "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
         "text_encoder": ["transformers", "Qwen3Model"],
         "tokenizer": ["transformers", "Qwen2Tokenizer"],
         "transformer": ["diffusers", "ZImageTransformer2DModel"],
         "vae": ["diffusers", "AutoencoderKL"],
-    }
-    (out / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    })
