@@ -8,7 +8,7 @@ itself public API. Index convention: half-open ranges ``[start, end)`` over abso
 cimport cython
 cimport numpy as cnp
 from libc.stdint cimport int64_t
-from libc.string cimport memcpy
+from libc.string cimport memcmp, memcpy
 
 import numpy as np
 
@@ -51,11 +51,11 @@ cdef class TokenBuffer:
             raise TypeError(f"TokenBuffer needs a numpy ndarray, got {type(array).__name__}")
         cdef cnp.ndarray arr = <cnp.ndarray>array
         if arr.ndim != 1:
-            raise ValueError(f"TokenBuffer array must be 1-D, got {arr.ndim}-D with shape {array.shape}")
+            raise ValueError(f"array must be one-dimensional: got shape {array.shape}")
         if arr.dtype != np.int64:
-            raise ValueError(f"TokenBuffer array must have dtype int64, got {arr.dtype}")
+            raise ValueError(f"array must be int64: got dtype {arr.dtype}")
         if arr.shape[0] == 0:
-            raise ValueError("TokenBuffer array must not be empty")
+            raise ValueError(f"array must be non-empty: got length {arr.shape[0]}")
         if not arr.flags.writeable or not arr.flags.c_contiguous:
             arr = np.array(arr, dtype=np.int64, copy=True, order="C")
         self._set_array(arr)
@@ -153,9 +153,9 @@ cdef class TokenBuffer:
             if i < 0:
                 i += self._len
             if i < 0 or i >= self._len:
-                raise IndexError(f"token index {key} out of range for a buffer of {self._len} tokens")
+                raise IndexError(f"Index {i} is out of bounds for array of length {self._len}")
             return int(self._data[i])
-        raise TypeError(f"TokenBuffer indices must be integers or slices, not {type(key).__name__}")
+        raise TypeError(f"Index must be an integer or slice, got {type(key)}")
 
     # -- operations -------------------------------------------------------------------------
     cpdef void chunk(self, Py_ssize_t n):
@@ -163,14 +163,15 @@ cdef class TokenBuffer:
         cdef Py_ssize_t active = (self._end - self._start) - self._offset
         if n < 1 or n >= active:
             raise ValueError(
-                f"chunk size must satisfy 1 <= n < active_length ({active}), got {n}")
+                f"chunk size must be between 1 and the current number of active tokens: got {n} "
+                f"(need 1 <= n < active_length={active})")
         self._end += n - active
         self._chunked = True
 
     cpdef void advance_chunk(self):
         """Make the rest of the prompt active after a chunk was processed."""
         if not self._chunked:
-            raise ValueError("advance_chunk() called but the buffer is not being chunked")
+            raise ValueError("Cannot advance chunk if not actively chunked.")
         self._offset = 0
         self._start = self._end
         self._end = self._len
@@ -185,8 +186,7 @@ cdef class TokenBuffer:
     cpdef void advance_with_token(self, int64_t token):
         """Append a generated token and slide the active window to exactly that token."""
         if self._chunked:
-            raise ValueError(
-                "advance_with_token() called while chunked: call advance_chunk() first")
+            raise ValueError("Cannot add a token while actively chunked.")
         self._append(token)
         self._start = self._end
         self._end += 1
@@ -196,10 +196,11 @@ cdef class TokenBuffer:
     cpdef void rewind_processing(self, Py_ssize_t n):
         """Mark the last ``n`` processed tokens as unprocessed again."""
         if n < 0:
-            raise ValueError(f"rewind_processing needs n >= 0, got {n}")
+            raise ValueError(f"n must be non-negative: got {n}")
         if self._start - n < 0:
             raise ValueError(
-                f"cannot rewind {n} tokens: only {self._start} have been processed")
+                f"start ({self._start}) + amount ({-n}) must be >= 0: cannot rewind {n} tokens, "
+                f"only {self._start} have been processed")
         if self._start - n + self._offset < 0:
             # A negative processing offset must still leave the active view inside the array.
             raise ValueError(
@@ -211,19 +212,23 @@ cdef class TokenBuffer:
         """Mark ``n`` active tokens as processed (prefix-cache hit); one must stay active."""
         cdef Py_ssize_t active = (self._end - self._start) - self._offset
         if n < 0:
-            raise ValueError(f"skip_processing needs n >= 0, got {n}")
+            raise ValueError(f"n must be non-negative: got {n}")
         if active - n < 1:
             raise ValueError(
-                f"cannot skip {n} tokens: at least one of the {active} active tokens must remain "
-                f"(allowed 0 <= n <= {active - 1})")
+                f"Cannot skip {n} tokens: would leave {active - n} active tokens. "
+                f"Must have at least 1 active token (current active_length={active})")
         self._start += n
 
     cpdef void apply_processing_offset(self, Py_ssize_t value):
         """Set (not add) the processing offset; ``0 <= start + value <= end``."""
-        if self._start + value < 0 or self._start + value > self._end:
+        if self._start + value < 0:
             raise ValueError(
-                f"processing offset {value} out of range: need 0 <= {self._start} + offset <= "
-                f"{self._end}, i.e. {-self._start} <= offset <= {self._end - self._start}")
+                f"processing range start ({self._start}) + processing offset ({value}) must be "
+                f">= 0")
+        if self._start + value > self._end:
+            raise ValueError(
+                f"processing range start ({self._start}) + processing offset ({value}) must be "
+                f"<= processing range end ({self._end})")
         self._offset = value
 
     cpdef void overwrite_last_token(self, int64_t token):
@@ -251,9 +256,15 @@ cdef class TokenBuffer:
 
     cpdef void reset_as_new_prompt(self, Py_ssize_t drop_trailing=0):
         """Drop ``drop_trailing`` generated tokens, then make every token part of the prompt."""
-        if drop_trailing < 0 or drop_trailing > self._len - self._prompt_len:
+        cdef Py_ssize_t generated = self._len - self._prompt_len
+        if drop_trailing < 0:
+            raise ValueError(f"drop_trailing must be non-negative: got {drop_trailing}")
+        if drop_trailing > generated:
+            if drop_trailing == 1:
+                raise ValueError(
+                    "Cannot delete the last generated token if there are no generated tokens.")
             raise ValueError(
-                f"cannot drop {drop_trailing} trailing tokens: only {self._len - self._prompt_len} "
+                f"Cannot delete the last {drop_trailing} generated tokens: only {generated} "
                 f"were generated")
         self._len -= drop_trailing
         self._start = 0
@@ -275,6 +286,24 @@ cdef class TokenBuffer:
         return (f"TokenBuffer(chunked={bool(self._chunked)}, active={self.active_length}, "
                 f"prompt={self._prompt_len}, generated={self._len - self._prompt_len}, "
                 f"total={n}, tokens={preview})")
+
+    def __eq__(self, other):
+        """Equal by value: the valid tokens and every range/flag (the spare capacity is ignored).
+
+        Buffers are mutable, so they are unhashable (like MAX's dataclass TokenBuffer)."""
+        if not isinstance(other, TokenBuffer):
+            return NotImplemented
+        cdef TokenBuffer o = <TokenBuffer> other
+        if self is o:
+            return True
+        if (self._len != o._len or self._prompt_len != o._prompt_len
+                or self._start != o._start or self._end != o._end
+                or self._offset != o._offset or self._comp_start != o._comp_start
+                or self._comp_end != o._comp_end or self._chunked != o._chunked):
+            return False
+        return memcmp(self._data, o._data, self._len * sizeof(int64_t)) == 0
+
+    __hash__ = None
 
     def _state(self):
         return (np.array(self._array[:self._len], copy=True), self._prompt_len, self._start,
@@ -397,7 +426,7 @@ cdef class EOSTracker:
         """True when the last generated token is an EOS id or the tokens end with a sequence."""
         arr = np.ascontiguousarray(np.asarray(generated, dtype=np.int64).reshape(-1))
         if arr.shape[0] == 0:
-            raise ValueError("is_eos_from_tokens needs at least one generated token")
+            raise ValueError("generated_tokens must be non-empty")
         cdef const int64_t[::1] view = arr
         return bool(self._ends_with_eos(&view[0], 0, view.shape[0]))
 
@@ -442,6 +471,29 @@ cdef class EOSTracker:
         return (f"EOSTracker(eos_token_ids={set(self.eos_token_ids)}, "
                 f"eos_sequences={[list(s) for s in self.eos_sequences]}, "
                 f"eos_stop_strings={list(self._stops)})")
+
+    def __eq__(self, other):
+        """Equal by value: the same EOS ids (a set), sequences and stop strings (in order), and
+        the same stop-string tail, which decides what ``is_eos_from_string`` reports next.
+
+        Trackers are mutable (assignable rules, the tail), so they are unhashable (like MAX's
+        pydantic EOSTracker)."""
+        if not isinstance(other, EOSTracker):
+            return NotImplemented
+        cdef EOSTracker o = <EOSTracker> other
+        cdef Py_ssize_t i
+        if self is o:
+            return True
+        if self._n_ids != o._n_ids:
+            return False
+        for i in range(self._n_ids):  # both sorted
+            if self._ids[i] != o._ids[i]:
+                return False
+        return (self.eos_sequences == o.eos_sequences
+                and self._stops == o._stops
+                and self._tail == o._tail)
+
+    __hash__ = None
 
     def __reduce__(self):
         return (_rebuild_eos_tracker, (sorted(self.eos_token_ids),
@@ -672,8 +724,8 @@ cdef class ContextCore:
         cdef TokenBuffer tb = self._tokens
         if tb._len > tb._prompt_len and tb._data[tb._len - 1] == _FUTURE:
             raise ValueError(
-                f"cannot append token {new_token}: a future-token placeholder ({_FUTURE}) is "
-                f"pending; call realize_future_token() first")
+                f"Cannot append a token after a future token. Token {new_token} was not appended: "
+                f"realize the pending placeholder ({_FUTURE}) with realize_future_token() first.")
         if log_probabilities is not None:
             self._lp_data[tb._len] = log_probabilities
         self._append(new_token)
@@ -686,18 +738,19 @@ cdef class ContextCore:
             return
         if self._pending_placeholder():
             raise ValueError(
-                f"a future-token placeholder ({_FUTURE}) is already pending; realize it first")
+                f"Cannot have multiple future tokens. A placeholder ({_FUTURE}) is already "
+                f"pending: realize it with realize_future_token() first.")
         self._append(_FUTURE)
 
     def realize_future_token(self, int64_t new_token, log_probabilities=None):
         """Overwrite the pending placeholder with the real token and re-check EOS."""
         cdef TokenBuffer tb = self._tokens
         if tb._len <= tb._prompt_len:
-            raise ValueError("realize_future_token() called before any token was generated")
+            raise ValueError(
+                "Cannot realize a future token when there are no generated tokens.")
         if tb._data[tb._len - 1] != _FUTURE:
             raise ValueError(
-                f"realize_future_token() needs a pending placeholder ({_FUTURE}) as the last "
-                f"token, found {tb._data[tb._len - 1]}")
+                f"Attempted to realize a non-future token. Found token: {tb._data[tb._len - 1]}")
         tb._data[tb._len - 1] = new_token
         if log_probabilities is not None:
             self._lp_data[tb._len - 1] = log_probabilities

@@ -30,7 +30,7 @@ def out(tokens, status=GenerationStatus.ACTIVE, lps=None, cached=None):
 
 
 def test_merge():
-    with pytest.raises(ValueError, match="at least one"):
+    with pytest.raises(ValueError, match="Cannot combine empty list of chunks"):
         TextGenerationOutput.merge([])
     m = TextGenerationOutput.merge(
         [out([1], cached=5), out([2, 3], GenerationStatus.END_OF_SEQUENCE, cached=7)])
@@ -39,7 +39,7 @@ def test_merge():
     lp = LogProbabilities([-1.0], [{1: -1.0}], [1])
     m = TextGenerationOutput.merge([out([1], lps=[lp]), out([2], lps=[lp])])
     assert m.log_probabilities == [lp, lp]
-    with pytest.raises(ValueError, match="only some carry log-probabilities"):
+    with pytest.raises(ValueError, match="mixed None and non-None log_probabilities"):
         TextGenerationOutput.merge([out([1], lps=[lp]), out([2])])
 
 
@@ -81,7 +81,7 @@ def test_eos_tracker_defaults_and_tokens():
     t = EOSTracker()
     assert t.eos_token_ids == set() and t.eos_sequences == () and t.eos_stop_strings == ()
     assert not t.is_eos_from_tokens([1, 2])
-    with pytest.raises(ValueError, match="at least one generated token"):
+    with pytest.raises(ValueError, match="generated_tokens must be non-empty"):
         t.is_eos_from_tokens([])
     t = EOSTracker(eos_token_ids={2, 9}, eos_sequences=[[4, 5, 6]])
     assert t.is_eos_from_tokens([1, 9]) and not t.is_eos_from_tokens([9, 1])

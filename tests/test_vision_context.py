@@ -22,9 +22,9 @@ def vctx(tokens=DOC_TOKENS, images=((5, 9), (15, 19)), vision=(98,), buf=None, *
 
 
 def test_image_metadata_validation_and_repr():
-    with pytest.raises(ValueError, match="start_idx must be >= 0"):
+    with pytest.raises(ValueError, match="Images must have a valid start index"):
         img(-1, 3)
-    with pytest.raises(ValueError, match=r"end_idx \(3\) must be greater than start_idx \(3\)"):
+    with pytest.raises(ValueError, match=r"valid start and end index.*end_idx \(3\) must be greater than start_idx \(3\)"):
         img(3, 3)
     assert repr(img(5, 9)) == "ImageMetadata(start_idx=5, end_idx=9, pixel_values=(3, 4, 4))"
     with pytest.raises(TypeError):
@@ -65,7 +65,7 @@ def test_construction_errors():
         vctx(images=((15, 19), (5, 9)))
     with pytest.raises(ValueError, match="Images must be before the end of the token array"):
         vctx(images=((20, 25),))
-    with pytest.raises(ValueError, match=r"Images must be filled with \[123\]"):
+    with pytest.raises(ValueError, match=r"Images must be filled with <vision_token_id> \(\[123\]\)"):
         vctx(vision=(123,))
 
 

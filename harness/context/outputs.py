@@ -48,12 +48,12 @@ class TextGenerationOutput:
     def merge(cls, outputs: list["TextGenerationOutput"]) -> "TextGenerationOutput":
         """Concatenate streamed chunks: status of the last, cached count of the first."""
         if not outputs:
-            raise ValueError("merge() needs at least one TextGenerationOutput, got an empty list")
+            raise ValueError("Cannot combine empty list of chunks")
         with_lp = [o.log_probabilities is not None for o in outputs]
         if any(with_lp) and not all(with_lp):
             raise ValueError(
-                "cannot merge outputs where only some carry log-probabilities "
-                f"({sum(with_lp)} of {len(outputs)}): all or none must have them")
+                "Cannot combine TextGenerationOutput chunks with mixed None and non-None "
+                f"log_probabilities ({sum(with_lp)} of {len(outputs)} chunks carry them)")
         tokens = [t for o in outputs for t in o.tokens]
         lps = [lp for o in outputs for lp in o.log_probabilities] if all(with_lp) else None
         return cls(

@@ -1,13 +1,14 @@
 """PixelContext: the numbers-only, model-ready context of an image-generation request."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
 
 from _fast.tokens import TokenBuffer
 
+from ._equality import values_equal
 from .outputs import GenerationOutput, ImageContent, check_output_format
 from .status import GenerationStatus
 from .text import new_request_id
@@ -74,6 +75,20 @@ class PixelContext:
         if self.residual_threshold is not None and not self.residual_threshold > 0:
             raise ValueError(
                 f"residual_threshold must be > 0 when given, got {self.residual_threshold!r}")
+
+    def __eq__(self, other):
+        """Equal when every field is equal (as MAX's dataclass): token buffers by content and
+        state, numpy arrays (masks, schedules, latents, ids, images) by shape, dtype and values.
+
+        Unhashable (``__hash__ = None``): the context is mutable; key it by ``request_id``."""
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        if self is other:
+            return True
+        return all(values_equal(getattr(self, f.name), getattr(other, f.name))
+                   for f in fields(self))
+
+    __hash__ = None
 
     @property
     def is_done(self) -> bool:

@@ -14,6 +14,7 @@ import numpy as np
 
 from _fast.tokens import ContextCore, EOSTracker, TokenBuffer
 
+from ._equality import values_equal
 from .outputs import TextGenerationOutput
 from .sampling import SamplingParams
 from .status import FUTURE_TOKEN, GenerationStatus, code_from_status, status_from_code
@@ -26,6 +27,21 @@ _TCP_ENDPOINT = re.compile(r"^tcp://(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(\d{1,5})(
 
 def new_request_id() -> str:
     return uuid.uuid4().hex
+
+
+def _check_target_endpoint(endpoint: Any) -> None:
+    """MAX's checks (a ``tcp://`` or ``ipc://`` prefix; tcp needs a port), made strict: a tcp
+    host (name, IPv4 or [IPv6]) with a port in 1..65535, an ipc path."""
+    if not isinstance(endpoint, str) or not endpoint.startswith(("tcp://", "ipc://")):
+        raise ValueError(f"target_endpoint must be prefixed with 'tcp://' or 'ipc://': {endpoint}")
+    if endpoint.startswith("tcp://"):
+        tcp = _TCP_ENDPOINT.match(endpoint)
+        if tcp is None or not 0 < int(tcp.group(2)) <= 65535:
+            raise ValueError(
+                f"target_endpoint must contain a port if using tcp: {endpoint} (expected "
+                f"tcp://HOST:PORT with PORT in 1..65535)")
+    elif len(endpoint) == len("ipc://"):
+        raise ValueError(f"target_endpoint must name a path after 'ipc://': {endpoint}")
 
 
 @dataclass
@@ -112,13 +128,7 @@ class TextContext(ContextCore):
             raise ValueError(
                 f"log_probabilities (number of top log-probs) must be >= 0, got {log_probabilities!r}")
         if target_endpoint is not None:
-            tcp = _TCP_ENDPOINT.match(target_endpoint) if isinstance(target_endpoint, str) else None
-            if not isinstance(target_endpoint, str) or not (
-                    (tcp is not None and 0 < int(tcp.group(2)) <= 65535)
-                    or (target_endpoint.startswith("ipc://") and len(target_endpoint) > 6)):
-                raise ValueError(
-                    f"target_endpoint must look like 'tcp://HOST:PORT' or 'ipc://PATH', "
-                    f"got {target_endpoint!r}")
+            _check_target_endpoint(target_endpoint)
         sampling_params = sampling_params if sampling_params is not None else SamplingParams()
         if not isinstance(sampling_params, SamplingParams):
             raise TypeError(
@@ -126,8 +136,8 @@ class TextContext(ContextCore):
         min_tokens = sampling_params.min_new_tokens
         if min_tokens + tokens.prompt_length > max_length:
             raise ValueError(
-                f"min_tokens ({min_tokens}) + prompt length ({tokens.prompt_length}) exceeds "
-                f"max_length ({max_length})")
+                f"min_tokens ({min_tokens}) + prompt_len ({tokens.prompt_length}) must be less "
+                f"than or equal to max_length ({max_length})")
 
         self.tokens = tokens
         self.max_length = int(max_length)
@@ -221,14 +231,17 @@ class TextContext(ContextCore):
                 request_id=self.request_id, tokens=[], final_status=self.status,
                 log_probabilities=None, num_cached_tokens=self.cached_prefix_length)
         if self.vocab_size is not None:
+            # Checked before anything is consumed; the first offending token (in order) is named.
             pending = self.tokens.all[start:end - exclude]
-            low, high = int(pending.min()), int(pending.max())
-            if low < 0:
-                raise RuntimeError(f"Generated negative token_id={low}")
-            if high >= self.vocab_size:
+            bad = np.flatnonzero((pending < 0) | (pending >= self.vocab_size))
+            if bad.size:
+                token_id = int(pending[bad[0]])
+                if token_id < 0:
+                    raise RuntimeError(
+                        f"Generated negative token_id={token_id} for request {self.request_id}")
                 raise RuntimeError(
-                    f"Generated out-of-vocabulary token_id={high} for vocab_size="
-                    f"{self.vocab_size} (valid range: [0, {self.vocab_size}))")
+                    f"Generated out-of-vocabulary token_id={token_id} for request "
+                    f"{self.request_id} (valid range: [0, {self.vocab_size}))")
         tokens = self.tokens.consume_recently_generated_tokens(exclude).tolist()
         lps = [self._log_probabilities_data.pop(i) for i in range(start, end - exclude)
                if i in self._log_probabilities_data]
@@ -243,7 +256,24 @@ class TextContext(ContextCore):
         self._spec_decoding_state = None
         self._validate_state()
 
-    # -- pickling ---------------------------------------------------------------------------------
+    # -- equality and pickling ------------------------------------------------------------------
+    def __eq__(self, other):
+        """Equal by value (as MAX's dataclass contexts): same class and every field equal, the
+        token buffer by content and state, numpy arrays (images, extra_model_args) by content.
+
+        Contexts are mutable, so they are unhashable (``__hash__ = None``, as for a MAX dataclass
+        with ``eq=True``); key them by ``request_id``."""
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        if self is other:
+            return True
+        if self.request_id != other.request_id:  # cheap, and decides most comparisons
+            return False
+        return (all(values_equal(getattr(self, n), getattr(other, n)) for n in _CORE_FIELDS)
+                and values_equal(self.__dict__, other.__dict__))
+
+    __hash__ = None
+
     def __reduce__(self):
         core = {name: getattr(self, name) for name in _CORE_FIELDS}
         return (_restore_context, (type(self), core, dict(self.__dict__)))

@@ -5,11 +5,12 @@ code over the sorted, non-overlapping ranges.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 
+from ._equality import values_equal
 from .text import TextContext
 
 __all__ = ["ImageMetadata", "TextAndVisionContext"]
@@ -33,10 +34,12 @@ class ImageMetadata:
 
     def __post_init__(self) -> None:
         if self.start_idx < 0:
-            raise ValueError(f"ImageMetadata start_idx must be >= 0, got {self.start_idx}")
+            raise ValueError(
+                f"Images must have a valid start index: start_idx={self.start_idx} must be >= 0")
         if self.end_idx <= self.start_idx:
             raise ValueError(
-                f"ImageMetadata end_idx ({self.end_idx}) must be greater than start_idx "
+                f"Images must have a valid start and end index containing at least one "
+                f"<vision_token_id>: end_idx ({self.end_idx}) must be greater than start_idx "
                 f"({self.start_idx})")
         if self.embedding_positions is not None:
             pos = np.asarray(self.embedding_positions, dtype=np.int64)
@@ -56,6 +59,19 @@ class ImageMetadata:
         if self.embedding_positions is None:
             return self.end_idx - self.start_idx
         return int(self.embedding_positions.shape[0])
+
+    def __eq__(self, other):
+        """Equal when every field is equal; ``pixel_values`` and ``embedding_positions`` by
+        content (shape, dtype, values).
+
+        Unhashable (``__hash__ = None``): the fields are mutable and the pixels are an array;
+        ``image_hash`` is the content key for caches."""
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return all(values_equal(getattr(self, f.name), getattr(other, f.name))
+                   for f in fields(self))
+
+    __hash__ = None
 
     def __repr__(self) -> str:
         shape = getattr(self.pixel_values, "shape", None)
@@ -122,8 +138,8 @@ class TextAndVisionContext(TextContext):
             first, last = int(tokens[im.start_idx]), int(tokens[im.end_idx - 1])
             if first not in allowed or last not in allowed:
                 raise ValueError(
-                    f"Images must be filled with {self.vision_token_ids} ({im!r}): the range "
-                    f"starts with token {first} and ends with token {last}")
+                    f"Images must be filled with <vision_token_id> ({self.vision_token_ids}): "
+                    f"{im!r} starts with token {first} and ends with token {last}")
 
     def _after_restore(self) -> None:
         self._install(self.__dict__["_images"])
