@@ -155,9 +155,8 @@ def _image_request(args, rules, seed: int):
         true_cfg_scale=args.true_cfg_scale, seed=seed, num_images_per_prompt=args.num_images,
         input_image=images[0] if images and not conditioning else None,
         input_images=list(images) if images and conditioning else None,
-        strength=0.6 if args.strength is None else args.strength,
-        cfg_truncation=1.0 if args.cfg_truncation is None else args.cfg_truncation,
-        cfg_normalization=(False if not args.cfg_normalization else args.cfg_normalization),
+        strength=args.strength, cfg_truncation=args.cfg_truncation,
+        cfg_normalization=args.cfg_normalization,
         residual_threshold=args.residual_threshold,
         output_format=args.format or "png", noise=args.noise)
 
@@ -278,7 +277,7 @@ def _image_parity(args, resolved, rules, denoiser, request, ctx, result, timings
     report = parity_report(
         family=resolved.family.FAMILY,
         model={"name": resolved.name, "folder": str(resolved.path)},
-        request=_request_options(request), ours=result, ref=ref, device=args.device,
+        request=_request_options(request), ctx=ctx, ours=result, ref=ref, device=args.device,
         dtype=args.dtype, harness_timings={k: timings[k] for k in (
             "new_context_s", "prepare_s", "decode_s")} | {"total_s": result.timings["total_s"],
                                                           "steps_s": timings["steps_s"]},
@@ -287,9 +286,10 @@ def _image_parity(args, resolved, rules, denoiser, request, ctx, result, timings
         say(f"wrote {path}")
     say(f"parity: {report['verdict']} (final latents max |diff| "
         f"{report['final_latents_max_abs_diff']}, first divergent step "
-        f"{report['first_divergent_step']}) vs {report['reference']['pipeline']}")
-    return {k: report[k] for k in ("verdict", "final_latents_max_abs_diff", "image_max_abs_diff",
-                                   "first_divergent_step")}
+        f"{report['first_divergent_step']}) vs {report['reference']['pipeline']}"
+        + (f"; {report['verdict_note']}" if report["verdict_note"] else ""))
+    return {k: report[k] for k in ("verdict", "verdict_note", "final_latents_max_abs_diff",
+                                   "image_max_abs_diff", "first_divergent_step")}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -24,6 +24,21 @@ class ImageRulesDefaults:
     default_true_cfg_scale = 1.0
     #: First-block cache threshold when the cache is on and a request gives none (MAX's).
     default_residual_threshold = 0.05
+    #: The pipelines' ``default_sample_size`` (latent pixels per side when a request gives no
+    #: height/width): the default size is this times the VAE scale factor, as diffusers computes it.
+    default_sample_size = 128
+
+    @property
+    def default_size(self) -> int:
+        """Height/width when a request gives none: ``default_sample_size × vae_scale_factor``
+        (FluxPipeline, Flux2(Klein)Pipeline, QwenImagePipeline). Not the VAE's ``sample_size``."""
+        return self.default_sample_size * self.vae_scale_factor
+
+    def default_guidance(self, img2img: bool) -> float:
+        """guidance_scale when a request gives none; an img2img pipeline may have its own."""
+        if img2img:
+            return getattr(self, "default_img2img_guidance_scale", self.default_guidance_scale)
+        return self.default_guidance_scale
 
 
 class LatentGeometry:
@@ -70,11 +85,6 @@ class AutoencoderKLGeometry(LatentGeometry):
     @property
     def shift_factor(self) -> float:
         return float(self.vae_config.get("shift_factor") or 0.0)
-
-    @property
-    def default_size(self) -> int:
-        """The VAE's trained sample size (1024 for the real models; the tiny ones say 256)."""
-        return int(self.vae_config.get("sample_size") or 1024)
 
 
 class FlowMatchSchedule:

@@ -175,10 +175,14 @@ def test_klein_reference_images_bitwise(kw):
 
 
 def test_klein_distilled_ignores_guidance_bitwise():
-    req = request(seed=1, num_inference_steps=None, guidance_scale=4.0)
+    req = request(seed=1, num_inference_steps=4, guidance_scale=4.0)
     ctx, ours, ref, cmp = parity(req, distilled=True)
     assert ctx.negative_tokens is None and ctx.num_inference_steps == 4
     assert_bitwise(ours, ref, cmp)
+    # Without steps, Flux2KleinPipeline runs its own default 50, distilled or not: so does the
+    # harness (a user of a step-distilled Klein passes 4, as the model card does).
+    default = tokenizer(KLEIN, "float32", True).new_context(request(num_inference_steps=None))
+    assert default.num_inference_steps == 50 and default.negative_tokens is None
 
 
 def test_klein_bfloat16_bitwise():

@@ -79,11 +79,16 @@ def test_unreadable_image_file(tmp_path):
         tokenizer().new_context(request(input_image=str(bad)))
 
 
-def test_defaults_come_from_the_model_folder():
+def test_defaults_are_the_pipelines_own():
+    """FluxPipeline's defaults: default_sample_size 128 x VAE factor 8 (not the VAE config's
+    sample_size, 256 in the tiny model), 28 steps, guidance 3.5 (FluxImg2ImgPipeline: 7.0)."""
     ctx = tokenizer().new_context(request(height=None, width=None, num_inference_steps=None))
     rules = tokenizer().rules
-    assert (ctx.height, ctx.width) == (rules.default_size, rules.default_size) == (256, 256)
+    assert rules.vae_config["sample_size"] == 256
+    assert (ctx.height, ctx.width) == (rules.default_size, rules.default_size) == (1024, 1024)
     assert ctx.num_inference_steps == 28 and ctx.guidance_scale == 3.5
+    i2i = tokenizer().new_context(request(input_image=input_image(), num_inference_steps=None))
+    assert i2i.guidance_scale == 7.0 and i2i.strength == 0.6
     assert ctx.output_format == "jpeg"
 
 

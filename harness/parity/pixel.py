@@ -48,6 +48,24 @@ class ReferenceResult:
     total_s: float = 0.0
     #: {"threshold", "applied", "contexts" ("pipeline" / "runner"), "reason"} when asked for.
     first_block_cache: dict | None = None
+    #: What the pipeline was called with (JSON-friendly; images as "<PIL WxH>").
+    given: dict = field(default_factory=dict)
+    #: The settings the pipeline resolved itself (its defaults applied), for compare_inputs.
+    settings: dict = field(default_factory=dict)
+    #: Set when the harness accepted what this pipeline refuses: what it was given instead.
+    extension: str | None = None
+
+
+def _summary(kwargs: dict) -> dict:
+    """Pipeline arguments as JSON-friendly values: an image becomes ``<PIL WxH>``."""
+    def one(v):
+        if hasattr(v, "size") and hasattr(v, "mode"):  # a PIL image
+            return f"<PIL {v.size[0]}x{v.size[1]}>"
+        if isinstance(v, (list, tuple)):
+            return [one(x) for x in v]
+        return v if isinstance(v, (str, int, float, bool, type(None))) else f"<{type(v).__name__}>"
+
+    return {k: one(v) for k, v in kwargs.items()}
 
 
 def request_options(request) -> dict:
@@ -124,9 +142,24 @@ class ReferenceRunner:
         """Which pipeline ``ctx`` needs: ``{"img2img": ...}`` for families with two."""
         return {"img2img": self.is_img2img(ctx)} if self.img2img_pipeline else {}
 
+    #: Request options whose resolved values the report compares with the harness's context
+    #: (besides size, steps and schedule, which every family compares).
+    SETTINGS: tuple[str, ...] = ()
+
     def call_kwargs(self, request, ctx) -> dict:
-        """The pipeline's arguments for ``request`` (noise and callbacks are added here)."""
+        """The pipeline's arguments: only what the user gave in ``request`` (``given``), never the
+        harness's resolved values; noise and callbacks are added by ``__call__``."""
         raise NotImplementedError
+
+    @staticmethod
+    def given(request, *names: str) -> dict:
+        """The options among ``names`` the user set in ``request`` (None: left to the pipeline)."""
+        return {n: getattr(request, n) for n in names if getattr(request, n) is not None}
+
+    def extension(self, request, ctx) -> str | None:
+        """Why the reference cannot take the user's request as it is, if it cannot (then
+        ``call_kwargs`` hands it the harness's input instead and the report says so)."""
+        return None
 
     def start_latents(self, ctx, initial_latents: np.ndarray | None) -> np.ndarray:
         """What ``latents=`` gets with numpy noise: the context's packed noise, or for img2img
@@ -153,6 +186,7 @@ class ReferenceRunner:
         pipe = self.pipeline(**(self.pipeline_key(ctx) | key))
         record = StepRecorder()
         kwargs: dict[str, Any] = self.call_kwargs(request, ctx)
+        given = _summary(kwargs)
         kwargs.update(output_type="np", callback_on_step_end=record,
                       callback_on_step_end_tensor_inputs=["latents"])
         if request.noise == "torch":
@@ -172,7 +206,26 @@ class ReferenceRunner:
         images = (decoded * 255).round().astype(np.uint8)  # VaeImageProcessor.numpy_to_pil
         return ReferenceResult(
             pipeline=type(pipe).__name__, inputs=inputs, images=images, decoded=decoded,
-            **record.result_fields(), total_s=total, first_block_cache=fbc)
+            **record.result_fields(), total_s=total, first_block_cache=fbc, given=given,
+            settings=self._settings(pipe, kwargs, images, record),
+            extension=self.extension(request, ctx))
+
+    def _settings(self, pipe, kwargs: dict, images: np.ndarray, record: StepRecorder) -> dict:
+        """What the pipeline resolved: its call signature's defaults applied to the arguments it
+        got, the size of what it returned and the timesteps it ran."""
+        import inspect
+
+        bound = inspect.signature(pipe.__call__).bind_partial(**kwargs)
+        bound.apply_defaults()
+        args = bound.arguments
+        out = {"height": int(images.shape[1]), "width": int(images.shape[2]),
+               "num_inference_steps": args.get("num_inference_steps"),
+               "num_images_per_prompt": args.get("num_images_per_prompt"),
+               "timesteps": [float(t) for t in record.timesteps]}
+        for name in self.SETTINGS:
+            if name in args:
+                out[name] = args[name]
+        return out
 
 
 def with_fbc_hook(pipe, threshold: float, true_cfg: bool):
@@ -321,14 +374,69 @@ def compare(ours, ref: ReferenceResult, tolerance: float = CLOSE_TOLERANCE) -> d
     }
 
 
-def parity_report(*, family: str, model: dict, request: dict, ours, ref: ReferenceResult,
+def harness_settings(ctx) -> dict:
+    """The settings the harness resolved for a request, named as the pipelines' arguments."""
+    return {"height": ctx.height, "width": ctx.width,
+            "num_inference_steps": ctx.num_inference_steps,
+            "num_images_per_prompt": ctx.num_images_per_prompt,
+            "timesteps": [float(t) for t in ctx.timesteps],
+            "guidance_scale": ctx.guidance_scale, "true_cfg_scale": ctx.true_cfg_scale,
+            "strength": ctx.strength, "cfg_truncation": ctx.cfg_truncation,
+            "cfg_normalization": ctx.cfg_normalization}
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, list) or isinstance(b, list):
+        return (isinstance(a, list) and isinstance(b, list) and len(a) == len(b)
+                and np.array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32)))
+    if a is None or b is None:
+        return a is b
+    return float(a) == float(b)  # True ≡ 1.0 (cfg_normalization), ints and floats alike
+
+
+def compare_inputs(ctx, ref: ReferenceResult) -> dict:
+    """Each setting the reference pipeline resolved from the user's request, against what the
+    harness resolved (size, steps, schedule, guidance, ...): ``equal`` and the first difference.
+    Compared before any output: a different input explains every later difference."""
+    ours = harness_settings(ctx)
+    rows = []
+    for key, theirs in ref.settings.items():
+        mine = ours.get(key)
+        rows.append({"setting": key, "harness": mine, "reference": theirs,
+                     "equal": _same(mine, theirs)})
+    first = next((r for r in rows if not r["equal"]), None)
+    note = None
+    if first is not None:
+        show = (lambda v: f"{len(v)} steps from {v[0]:g}" if isinstance(v, list) and v else v)
+        note = (f"{first['setting']}: harness {show(first['harness'])!r}, "
+                f"{ref.pipeline} {show(first['reference'])!r}")
+    return {"equal": first is None, "first_difference": note, "settings": rows,
+            "reference_given": ref.given, "extension": ref.extension}
+
+
+def verdict_of(inputs: dict, outputs: dict) -> tuple[str, str | None]:
+    """The report's verdict: an input difference first (``input mismatch``), then the outputs'
+    verdict, marked ``(extension)`` where the harness went beyond what the reference accepts."""
+    if not inputs["equal"]:
+        return "input mismatch", inputs["first_difference"]
+    verdict, note = outputs["verdict"], outputs["verdict_note"]
+    if inputs["extension"]:
+        verdict, note = f"{verdict} (extension)", "; ".join(
+            n for n in (f"extension: {inputs['extension']}", note) if n)
+    return verdict, note
+
+
+def parity_report(*, family: str, model: dict, request: dict, ctx, ours, ref: ReferenceResult,
                   device: str, dtype: str, harness_timings: dict,
                   first_block_cache: dict | None = None) -> dict:
-    """The parity.json document (every key the issue lists, plus context); ``first_block_cache``
-    is ``first_block_cache_section``'s dict when the harness ran the cache."""
+    """The parity.json document: the inputs both sides resolved from the request (compared
+    first), then the outputs; ``first_block_cache`` is ``first_block_cache_section``'s dict when
+    the harness ran the cache."""
     import torch
 
     cmp = compare(ours, ref)
+    inputs = compare_inputs(ctx, ref)
+    verdict, note = verdict_of(inputs, cmp)
     doc = {
         "family": family,
         "model": model,
@@ -338,6 +446,10 @@ def parity_report(*, family: str, model: dict, request: dict, ours, ref: Referen
         "device": device,
         "dtype": dtype,
         **cmp,
+        "verdict": verdict,
+        "verdict_note": note,
+        "output_verdict": cmp["verdict"],
+        "input_comparison": inputs,
         "psnr_note": "null psnr_db means identical images (infinite PSNR)"
                      if cmp["psnr_db"] is None and cmp["images_bitwise"] else None,
         "timings_s": {"harness": harness_timings, "reference": {"total_s": ref.total_s}},
@@ -353,14 +465,36 @@ _VERDICT_TEXT = {
     "bitwise": "final latents and images are bit-for-bit identical",
     "close": "not bitwise, but the final latents are within max |Δ| ≤ {tol:g}",
     "mismatch": "the final latents differ by more than {tol:g} (or their shapes differ)",
+    "input mismatch": "the two sides resolved the request differently (first difference: {note}); "
+                      "the outputs are compared below all the same",
 }
+
+
+def _inputs_markdown(inputs: dict) -> list[str]:
+    """Inputs before outputs: each resolved setting of both sides, then what the reference got."""
+    def show(v):
+        if isinstance(v, list):
+            return f"{len(v)} steps: {', '.join(f'{t:g}' for t in v[:6])}" + (
+                ", ..." if len(v) > 6 else "")
+        return fmt_num(v)
+
+    lines = ["## Inputs (resolved from the request by each side)", "",
+             markdown_table(["setting", "harness", "reference", "equal"],
+                            [[r["setting"], show(r["harness"]), show(r["reference"]),
+                              "yes" if r["equal"] else "**no**"] for r in inputs["settings"]]),
+             "", "The reference was called with: "
+             + ", ".join(f"`{k}={v!r}`" for k, v in inputs["reference_given"].items()) + ".", ""]
+    if inputs["extension"]:
+        lines += [f"**Extension**: {inputs['extension']}.", ""]
+    return lines
 
 
 def _markdown(report: dict, ours_files: list[str], ref_files: list[str]) -> str:
     tol = report["close_tolerance"]
+    base = report["verdict"].replace(" (extension)", "")
     lines = [
         f"# Image parity: {report['family']} — **{report['verdict']}**", "",
-        _VERDICT_TEXT[report["verdict"]].format(tol=tol) + ".", "",
+        _VERDICT_TEXT[base].format(tol=tol, note=report.get("verdict_note")) + ".", "",
         f"Reference: `{report['reference']['pipeline']}` (diffusers "
         f"{report['reference']['diffusers_version']}), inputs by "
         f"{report['reference']['inputs']}; device {report['device']}, dtype {report['dtype']}, "
@@ -374,7 +508,7 @@ def _markdown(report: dict, ours_files: list[str], ref_files: list[str]) -> str:
             ["first divergent step", report["first_divergent_step"]],
             ["harness total (s)", report["timings_s"]["harness"].get("total_s")],
             ["reference total (s)", report["timings_s"]["reference"]["total_s"]],
-        ]), "", "## Images", "",
+        ]), "", *_inputs_markdown(report["input_comparison"]), "## Images", "",
         "<table><tr><th>#</th><th>harness</th><th>diffusers</th></tr>",
     ]
     for i, (a, b) in enumerate(zip(ours_files, ref_files)):

@@ -31,13 +31,18 @@ NOISE_CONVENTIONS = ("torch", "numpy")
 #: Deliberately wrong variants, for the parity tests' negative controls only.
 TOKENIZER_FAULTS = ("noise_packed_shape", "unshifted_schedule")
 _MAX_SEED = {"torch": 2 ** 63 - 1, "numpy": 2 ** 32 - 1}
+#: img2img strength when a request gives none (FluxImg2ImgPipeline's and ZImageImg2ImgPipeline's).
+DEFAULT_STRENGTH = 0.6
 
 
 @dataclass(kw_only=True)
 class PixelGenerationRequest:
-    """An image-generation request; ``None`` options take the model's defaults.
+    """An image-generation request; ``None`` options take the model's defaults (the same defaults
+    its diffusers pipeline applies, so a parity reference called with only the options set here
+    makes the same choices).
 
-    ``input_image`` (path, PIL image or uint8 HxW[xC] array) makes it img2img with ``strength``;
+    ``input_image`` (path, PIL image or uint8 HxW[xC] array) makes it img2img with ``strength``
+    (default 0.6);
     ``input_images`` are conditioning images for families that take several (FLUX.2 reference
     images, Qwen-Image-Edit). ``cfg_normalization`` (True ≡ 1.0, a float is a factor) and
     ``cfg_truncation`` are Z-Image's CFG options.
@@ -54,9 +59,9 @@ class PixelGenerationRequest:
     num_images_per_prompt: int = 1
     input_image: Any = None
     input_images: list[Any] | None = None
-    strength: float = 0.6
-    cfg_normalization: bool | float = False
-    cfg_truncation: float = 1.0
+    strength: float | None = None
+    cfg_normalization: bool | float | None = None
+    cfg_truncation: float | None = None
     output_format: str = "jpeg"
     residual_threshold: float | None = None
     noise: str = "torch"
@@ -86,21 +91,25 @@ def _validate(req: PixelGenerationRequest, rules) -> dict:
     if not is_int(req.num_images_per_prompt) or req.num_images_per_prompt < 1:
         raise RequestError(f"num_images_per_prompt must be an integer >= 1, got "
                            f"{req.num_images_per_prompt!r}")
-    guidance = rules.default_guidance_scale if req.guidance_scale is None else req.guidance_scale
+    img2img = req.input_image is not None
+    guidance = (rules.default_guidance(img2img) if req.guidance_scale is None
+                else req.guidance_scale)
     if not is_real(guidance) or guidance < 0:
         raise RequestError(f"guidance_scale must be a finite number >= 0, got {guidance!r}")
     true_cfg = (getattr(rules, "default_true_cfg_scale", 1.0) if req.true_cfg_scale is None
                 else req.true_cfg_scale)
     if not is_real(true_cfg) or true_cfg <= 0:
         raise RequestError(f"true_cfg_scale must be a finite number > 0, got {true_cfg!r}")
-    if not is_real(req.strength) or not 0 < req.strength <= 1:
-        raise RequestError(f"strength must be in (0, 1], got {req.strength!r}")
-    if not is_real(req.cfg_truncation) or req.cfg_truncation <= 0:
-        raise RequestError(f"cfg_truncation must be a finite number > 0, got {req.cfg_truncation!r}")
-    if not (isinstance(req.cfg_normalization, bool) or (
-            is_real(req.cfg_normalization) and req.cfg_normalization >= 0)):
+    strength = DEFAULT_STRENGTH if req.strength is None else req.strength
+    if not is_real(strength) or not 0 < strength <= 1:
+        raise RequestError(f"strength must be in (0, 1], got {strength!r}")
+    truncation = 1.0 if req.cfg_truncation is None else req.cfg_truncation
+    if not is_real(truncation) or truncation <= 0:
+        raise RequestError(f"cfg_truncation must be a finite number > 0, got {truncation!r}")
+    normalization = False if req.cfg_normalization is None else req.cfg_normalization
+    if not (isinstance(normalization, bool) or (is_real(normalization) and normalization >= 0)):
         raise RequestError(f"cfg_normalization must be a bool or a number >= 0 (0 = off), got "
-                           f"{req.cfg_normalization!r}")
+                           f"{normalization!r}")
     if req.input_image is not None and req.input_images:
         raise RequestError("give either input_image (img2img) or input_images (conditioning), "
                            "not both")
@@ -126,7 +135,9 @@ def _validate(req: PixelGenerationRequest, rules) -> dict:
         raise RequestError(f"seed must be an integer in [0, {_MAX_SEED[req.noise]}] for "
                            f"{req.noise} noise, got {seed!r}")
     return {"height": height, "width": width, "steps": int(steps), "guidance": float(guidance),
-            "true_cfg_scale": float(true_cfg), "format": fmt, "seed": int(seed)}
+            "true_cfg_scale": float(true_cfg), "format": fmt, "seed": int(seed),
+            "strength": float(strength), "cfg_truncation": float(truncation),
+            "cfg_normalization": normalization}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -249,8 +260,10 @@ class PixelGenerationTokenizer:
             raise ValueError(
                 f"unknown tokenizer fault {fault!r}; known: {', '.join(TOKENIZER_FAULTS)}")
         opt = _validate(request, rules)
-        # Families read the request: hand them the resolved true-CFG scale, never None.
-        request = dataclasses.replace(request, true_cfg_scale=opt["true_cfg_scale"])
+        # Families read the request: hand them the resolved options, never None.
+        request = dataclasses.replace(
+            request, true_cfg_scale=opt["true_cfg_scale"], strength=opt["strength"],
+            cfg_truncation=opt["cfg_truncation"], cfg_normalization=opt["cfg_normalization"])
         if build is not None:  # the family prepares its own context (and checks its own faults)
             return build(self, request, opt, fault=fault)
         height, width, steps, seed = opt["height"], opt["width"], opt["steps"], opt["seed"]

@@ -32,13 +32,13 @@ class Flux1ReferenceRunner(ReferenceRunner):
     reference_pipeline = staticmethod(reference_pipeline)
     img2img_pipeline = True
 
+    SETTINGS = ("guidance_scale", "true_cfg_scale", "strength")
+
     def call_kwargs(self, request, ctx) -> dict:
-        kwargs = dict(
-            prompt=request.prompt, negative_prompt=request.negative_prompt,
-            true_cfg_scale=ctx.true_cfg_scale, height=ctx.height, width=ctx.width,
-            num_inference_steps=ctx.num_inference_steps, guidance_scale=ctx.guidance_scale,
-            num_images_per_prompt=ctx.num_images_per_prompt,
-            max_sequence_length=self.rules.max_text_length)
-        if self.is_img2img(ctx):
-            kwargs.update(image=load_input_image(request.input_image), strength=ctx.strength)
+        kwargs = dict(prompt=request.prompt, num_images_per_prompt=request.num_images_per_prompt,
+                      **self.given(request, "negative_prompt", "true_cfg_scale", "height",
+                                   "width", "num_inference_steps", "guidance_scale"))
+        if self.is_img2img(ctx):  # the image as the user gave it: the pipeline resizes it
+            kwargs.update(image=load_input_image(request.input_image),
+                          **self.given(request, "strength"))
         return kwargs

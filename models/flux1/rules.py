@@ -69,12 +69,11 @@ class Flux1Rules(ImageRulesDefaults, AutoencoderKLGeometry, FlowMatchSchedule):
     def guidance_embeds(self) -> bool:
         return bool(self.transformer_config.get("guidance_embeds", False))
 
-    #: FluxPipeline's default; FluxImg2ImgPipeline starts from one input image (the default).
+    #: FluxPipeline's defaults (FLUX.1-schnell too: pass 4 steps and guidance 0 for it, as its
+    #: model card does); FluxImg2ImgPipeline defaults to guidance 7.0.
+    default_steps = 28
     default_guidance_scale = 3.5
-
-    @property
-    def default_steps(self) -> int:
-        return 28 if self.scheduler_config.get("use_dynamic_shifting") else 4
+    default_img2img_guidance_scale = 7.0
 
     @property
     def max_text_length(self) -> int:

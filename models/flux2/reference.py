@@ -48,12 +48,12 @@ class Flux2ReferenceRunner(ReferenceRunner):
 
     reference_pipeline = staticmethod(reference_pipeline)
 
+    SETTINGS = ("guidance_scale",)
+
     def call_kwargs(self, request, ctx) -> dict:
-        kwargs = dict(
-            prompt=request.prompt, height=ctx.height, width=ctx.width,
-            num_inference_steps=ctx.num_inference_steps, guidance_scale=ctx.guidance_scale,
-            num_images_per_prompt=ctx.num_images_per_prompt,
-            max_sequence_length=self.rules.max_text_length)
+        kwargs = dict(prompt=request.prompt, num_images_per_prompt=request.num_images_per_prompt,
+                      **self.given(request, "height", "width", "num_inference_steps",
+                                   "guidance_scale"))
         if request.input_images:
             kwargs["image"] = [load_input_image(src) for src in request.input_images]
         return kwargs

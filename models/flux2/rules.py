@@ -83,20 +83,10 @@ class Flux2Rules(ImageRulesDefaults, AutoencoderKLGeometry, FlowMatchSchedule):
     def max_input_images(self) -> int:
         return MAX_INPUT_IMAGES[self.layout]
 
-    @property
-    def default_size(self) -> int:
-        """The VAE's sample size, capped by the area limit (1024 for real FLUX.2; tiny: 256)."""
-        return min(int(self.vae_config.get("sample_size") or 1024), 1024)
-
-    @property
-    def default_steps(self) -> int:
-        """The pipelines' default 50; step-distilled Klein runs 4."""
-        return 4 if self.is_distilled else 50
-
-    @property
-    def default_guidance_scale(self) -> float:
-        """Both pipelines default to 4.0 (distilled Klein ignores it; 1.0 says so)."""
-        return 1.0 if self.is_distilled else 4.0
+    #: Both pipelines' defaults (Flux2KleinPipeline's too when distilled: pass 4 steps for a
+    #: step-distilled Klein, as its model card does; its guidance is ignored).
+    default_steps = 50
+    default_guidance_scale = 4.0
 
     @property
     def text_layers(self) -> tuple[int, ...]:
@@ -196,6 +186,18 @@ class Flux2Rules(ImageRulesDefaults, AutoencoderKLGeometry, FlowMatchSchedule):
         return build_context(self, tokenizer, request, opt, fault)
 
 
+def _check_text_layers(folder: Path, layout: str, encoder_config: dict) -> None:
+    """The pipelines stack ``hidden_states[k]`` for the layout's layers: the text encoder needs
+    at least max(k) layers (its hidden states run 0..num_hidden_layers)."""
+    layers = int((encoder_config.get("text_config") or encoder_config).get("num_hidden_layers", 0))
+    wanted = TEXT_LAYERS[layout]
+    if max(wanted) > layers:
+        raise ValueError(
+            f"the {layout} FLUX.2 pipeline stacks the hidden states of text-encoder layers "
+            f"{', '.join(map(str, wanted))}, but the text encoder of {folder} has "
+            f"{layers} layers (hidden states 0..{layers})")
+
+
 def rules(folder: str | os.PathLike) -> Flux2Rules:
     """Read the FLUX.2 rules of a model folder (configs only; no weights, no torch)."""
     folder = Path(folder)
@@ -209,9 +211,11 @@ def rules(folder: str | os.PathLike) -> Flux2Rules:
         vae = read_json(folder / "vae" / "config.json")
         transformer = read_json(folder / "transformer" / "config.json")
         tok_cfg = read_json(folder / "tokenizer" / "tokenizer_config.json")
+        encoder = read_json(folder / "text_encoder" / "config.json")
     except FileNotFoundError as exc:
         raise ValueError(
             f"{folder} is not a complete FLUX.2 folder: missing {exc.filename}") from None
+    _check_text_layers(folder, layout, encoder)
     bad = unsupported_scheduler_option(sched)
     if bad:
         raise ValueError(f"scheduler option {bad!r} of {folder} is not supported by the harness")

@@ -63,12 +63,12 @@ class QwenImageReferenceRunner(ReferenceRunner):
 
     reference_pipeline = staticmethod(reference_pipeline)
 
+    SETTINGS = ("true_cfg_scale",)
+
     def call_kwargs(self, request, ctx) -> dict:
-        kwargs = dict(
-            prompt=request.prompt, negative_prompt=request.negative_prompt,
-            true_cfg_scale=ctx.true_cfg_scale, height=ctx.height, width=ctx.width,
-            num_inference_steps=ctx.num_inference_steps, guidance_scale=None,
-            num_images_per_prompt=ctx.num_images_per_prompt)
+        kwargs = dict(prompt=request.prompt, num_images_per_prompt=request.num_images_per_prompt,
+                      **self.given(request, "negative_prompt", "true_cfg_scale", "height",
+                                   "width", "num_inference_steps", "guidance_scale"))
         if self.rules.spec.edit:
             images = [load_input_image(src) for src in request.input_images]
             # QwenImageEditPipeline takes one image; the Plus pipeline a list.

@@ -26,7 +26,7 @@ from ..image_rules import (FlowMatchSchedule, ImageRulesDefaults, LatentGeometry
 
 __all__ = ["FAMILY", "MODALITY", "PIPELINE_CLASSES", "PipelineSpec", "SPECS", "QwenImageRules",
            "matches", "rules", "calculate_dimensions", "shapes_from_ids",
-           "ROPE_POSITIONS", "MAX_ASPECT_RATIO", "DEFAULT_SIZE"]
+           "ROPE_POSITIONS", "MAX_ASPECT_RATIO"]
 
 FAMILY = "qwen_image"
 MODALITY = "image"
@@ -77,8 +77,6 @@ SPECS = {
         64, 3, condition_area=384 * 384, vae_area=1024 * 1024, picture_labels=True),
 }
 
-#: QwenImagePipeline's default size (default_sample_size 128 × VAE factor 8).
-DEFAULT_SIZE = 1024
 #: Positions per axis of QwenEmbedRope's tables (the text ids must stay below).
 ROPE_POSITIONS = 4096
 #: Qwen2-VL's smart_resize refuses aspect ratios above this.
@@ -175,7 +173,6 @@ class QwenImageRules(ImageRulesDefaults, LatentGeometry, FlowMatchSchedule):
     def image_role(self) -> str:
         return "conditioning" if self.spec.edit else "none"
 
-    default_size = DEFAULT_SIZE
     #: The pipelines' num_inference_steps default.
     default_steps = 50
     #: Unused: Qwen-Image has no guidance embedding (true CFG instead).

@@ -20,6 +20,27 @@ __all__ = ["TOKENIZER_FAULTS", "build_context"]
 TOKENIZER_FAULTS = ("numpy_linspace_sigmas", "unshifted_schedule")
 
 
+def _check_rope_positions(rules: ZImageRules, height: int, width: int, text_len: int) -> None:
+    """ZImageTransformer2DModel looks its rope up at (frame, row, col) positions: the caption on
+    frames 1..L' (L' = text length padded to 32), the image on frame L'+1 with H/16 rows and W/16
+    columns; each axis's table holds ``axes_lens`` positions. Past them, torch fails mid-forward."""
+    lens = rules.transformer_config.get("axes_lens")
+    if not lens:
+        return
+    h, w = rules.latent_size(height, width)
+    rows, cols = h // rules.patch_size, w // rules.patch_size
+    frames = text_len + (-text_len) % 32 + 2  # caption frames 1..L', then the image's frame
+    m = rules.size_multiple
+    for axis, (name, need, size) in enumerate((("the prompt", frames, None),
+                                               ("height", rows, height), ("width", cols, width))):
+        if need > int(lens[axis]):
+            what = (f"{name} {size} needs {need} rope positions on axis {axis}" if size else
+                    f"{name} ({text_len} tokens) needs {need} rope positions on axis 0")
+            limit = (f" (at most {int(lens[axis]) * m} pixels)" if size else "")
+            raise RequestError(f"{what}, but the transformer's axes_lens allows "
+                               f"{int(lens[axis])}{limit}")
+
+
 def build_context(rules: ZImageRules, tokenizer, request, opt: dict,
                   fault: str | None = None) -> PixelContext:
     """The PixelContext of a request ``PixelGenerationTokenizer`` has validated."""
@@ -44,6 +65,8 @@ def build_context(rules: ZImageRules, tokenizer, request, opt: dict,
     tokens, mask = rules.encode_prompt(request.prompt)
     cfg = rules.uses_cfg(opt["guidance"])
     negative = rules.encode_prompt(request.negative_prompt or "") if cfg else None
+    _check_rope_positions(rules, height, width,
+                          max(int(m.sum()) for m in (mask, negative[1] if cfg else mask)))
 
     timesteps, sigmas, mu = rules.schedule(steps, height, width, fault=fault)
     t_start = 0

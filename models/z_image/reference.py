@@ -5,10 +5,12 @@ modules the harness loaded, draws its own noise from a generator seeded like the
 noise) or takes our start latents (numpy noise), and its per-step latents come from
 ``callback_on_step_end``.
 
-ZImageImg2ImgPipeline preprocesses the input image at the image's own size (it ignores
-height/width there, and a size mismatch then fails in ``scale_noise``), so the runner hands it the
-image already resized to the request's size with the Lanczos resize VaeImageProcessor would use;
-the pipeline's own resize is then a no-op copy.
+ZImageImg2ImgPipeline preprocesses the input image at the image's own size floored to 16 (it
+ignores height/width there, and a size mismatch then fails in ``scale_noise``). The runner hands it
+the user's image as given; only where the user asked for another size, which the pipeline refuses
+and the harness accepts (it resizes the image), the reference gets the image already resized to
+that size with the Lanczos resize VaeImageProcessor would use, and the report says so (an
+extension).
 
 With ``residual_threshold`` the reference runs under diffusers' own FirstBlockCache hooks on the
 transformer's ``layers``. diffusers 0.42 registers Z-Image's block but cannot run it unaided: the
@@ -42,11 +44,10 @@ def reference_pipeline(components: dict, folder: str | os.PathLike, *, img2img: 
         ZImageImg2ImgPipeline if img2img else ZImagePipeline, folder, components,
         tokenizer=AutoTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True))
 
-def _sized_image(source, height: int, width: int):
-    """The request's input image as the RGB PIL image of the requested size."""
+def _resized(image, height: int, width: int):
+    """``image`` resized to the requested size as VaeImageProcessor would (Lanczos)."""
     from PIL import Image
 
-    image = load_input_image(source)
     if image.size != (width, height):
         image = image.resize((width, height), resample=Image.Resampling.LANCZOS)
     return image
@@ -110,22 +111,37 @@ def _with_fbc_hook(pipe, threshold: float, batch: int):
 
 class ZImageReferenceRunner(ReferenceRunner):
     """ZImagePipeline for text-to-image, ZImageImg2ImgPipeline when the context has an input
-    image (handed over at the request's size, see the module notes)."""
+    image (as the user gave it, or resized where that is an extension: see the module notes)."""
 
     reference_pipeline = staticmethod(reference_pipeline)
     img2img_pipeline = True
+    SETTINGS = ("guidance_scale", "cfg_truncation", "cfg_normalization", "strength")
 
     def call_kwargs(self, request, ctx) -> dict:
-        kwargs = dict(
-            prompt=request.prompt, negative_prompt=request.negative_prompt,
-            height=ctx.height, width=ctx.width, num_inference_steps=ctx.num_inference_steps,
-            guidance_scale=ctx.guidance_scale, cfg_normalization=ctx.cfg_normalization,
-            cfg_truncation=ctx.cfg_truncation, num_images_per_prompt=ctx.num_images_per_prompt,
-            max_sequence_length=self.rules.max_text_length)
+        kwargs = dict(prompt=request.prompt, num_images_per_prompt=request.num_images_per_prompt,
+                      **self.given(request, "negative_prompt", "height", "width",
+                                   "num_inference_steps", "guidance_scale", "cfg_normalization",
+                                   "cfg_truncation"))
         if self.is_img2img(ctx):
-            kwargs.update(image=_sized_image(request.input_image, ctx.height, ctx.width),
-                          strength=ctx.strength)
+            image = load_input_image(request.input_image)
+            if self.extension(request, ctx):
+                image = _resized(image, ctx.height, ctx.width)
+            kwargs.update(image=image, **self.given(request, "strength"))
         return kwargs
+
+    def extension(self, request, ctx) -> str | None:
+        """ZImageImg2ImgPipeline works at the input image's own size (floored to 16): asked for
+        another, it fails; the harness resizes the image to the requested size instead."""
+        if not self.is_img2img(ctx) or (request.height is None and request.width is None):
+            return None
+        w, h = load_input_image(request.input_image).size
+        m = self.rules.size_multiple
+        native = (h // m * m, w // m * m)
+        if (ctx.height, ctx.width) == native:
+            return None
+        return (f"ZImageImg2ImgPipeline refuses an input of another size (the image is "
+                f"{w}x{h}, so it works at {native[1]}x{native[0]}; the request asks for "
+                f"{ctx.width}x{ctx.height}); compared on the harness's resized input")
 
     def cache_hook(self, pipe, threshold: float, ctx):
         return _with_fbc_hook(pipe, threshold, ctx.num_images_per_prompt)

@@ -66,6 +66,8 @@ class ZImageRules(ImageRulesDefaults, AutoencoderKLGeometry, FlowMatchSchedule):
     #: patchifies the (B, C, h, w) noise itself).
     default_steps = 50
     default_guidance_scale = 5.0
+    #: ZImagePipeline's fixed default size (``height or 1024``), whatever the VAE.
+    default_size = 1024
     #: First-block cache threshold when the cache is on and the request gives none (spec §4).
     default_residual_threshold = 0.06
     #: ZImagePipeline's ``max_sequence_length`` default (the chat template counts).
