@@ -278,6 +278,7 @@ def _image_parity(args, resolved, rules, denoiser, request, ctx, result, timings
         family=resolved.family.FAMILY,
         model={"name": resolved.name, "folder": str(resolved.path)},
         request=_request_options(request), ctx=ctx, ours=result, ref=ref, device=args.device,
+        harness_encoder_inputs=runner.harness_encoder_inputs(ctx),
         dtype=args.dtype, harness_timings={k: timings[k] for k in (
             "new_context_s", "prepare_s", "decode_s")} | {"total_s": result.timings["total_s"],
                                                           "steps_s": timings["steps_s"]},

@@ -84,6 +84,9 @@ def test_default_size_is_the_pipelines_not_the_vae_sample_size(tmp_path):
     rows = {r["setting"]: r for r in inputs["settings"]}
     assert rows["height"]["reference"] == rows["height"]["harness"] == 128
     assert rows["guidance_scale"]["reference"] == 3.5 and rows["num_inference_steps"]["equal"]
+    # What FluxPipeline fed its two text encoders, recorded during its run: the same ids.
+    assert rows["text_encoder call 0 (prompt) ids"]["equal"]
+    assert rows["text_encoder_2 call 0 (prompt) ids"]["reference"] == "512 ids"
     assert "## Inputs" in (out / "parity.md").read_text()
 
 
@@ -126,6 +129,36 @@ def test_a_wrong_harness_default_is_an_input_mismatch(tmp_path, monkeypatch):
     verdict, note = verdict_of(inputs, compare(ours, ref))
     assert verdict == "input mismatch" and note.startswith("guidance_scale: harness 3.0")
     assert "guidance_scale" not in ref.given
+
+
+def test_different_prompt_ids_are_an_input_mismatch():
+    """Negative controls on what the text encoders were fed: one changed id, a missing negative
+    prompt, different VL-encoder pixels: each is an input mismatch naming where."""
+    from harness.parity.pixel import compare_inputs
+    from tests import qwen_fixtures as qf
+
+    req = qf.request(input_images=[qf.portrait()], negative_prompt="blurry", true_cfg_scale=4.0,
+                     num_inference_steps=2)
+    ctx = qf.tokenizer(qf.EDIT).new_context(req)
+    ref = qf.reference_result(qf.EDIT, req, ctx)
+    runner = qf.reference(qf.EDIT)
+    ours = runner.harness_encoder_inputs(ctx)
+    good = compare_inputs(ctx, ref, ours)
+    assert good["equal"], good["first_difference"]
+    assert len(ref.encoder_inputs["text_encoder"]) == 2  # prompt and negative prompt
+
+    ids = ours["text_encoder"][0]["input_ids"].copy()
+    ids[70] += 1
+    bad = dict(ours, text_encoder=[{**ours["text_encoder"][0], "input_ids": ids},
+                                   ours["text_encoder"][1]])
+    out = compare_inputs(ctx, ref, bad)
+    assert not out["equal"] and "first difference at position 70" in out["first_difference"]
+    no_negative = dict(ours, text_encoder=ours["text_encoder"][:1])
+    assert "call 1 (negative prompt)" in compare_inputs(ctx, ref, no_negative)["first_difference"]
+    pixels = ours["text_encoder"][0]["pixel_values"] + np.float32(1e-3)
+    shifted = dict(ours, text_encoder=[{**c, "pixel_values": pixels} for c in ours["text_encoder"]])
+    note = compare_inputs(ctx, ref, shifted)["first_difference"]
+    assert "pixel_values" in note and "max |Δ| 0.001" in note
 
 
 # --------------------------------------------------------------------------------------------------

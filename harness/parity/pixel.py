@@ -54,6 +54,64 @@ class ReferenceResult:
     settings: dict = field(default_factory=dict)
     #: Set when the harness accepted what this pipeline refuses: what it was given instead.
     extension: str | None = None
+    #: What each text encoder was fed, per call in order: ``{"text_encoder": [{"input_ids": ...,
+    #: "pixel_values": ...}, ...]}`` (recorded by forward pre-hooks during the run).
+    encoder_inputs: dict = field(default_factory=dict)
+
+
+def _record_encoder_inputs(components: dict):
+    """``(records, handles)``: forward pre-hooks on the text encoders that record the
+    ``input_ids`` (and ``pixel_values``) of every call; remove the handles afterwards."""
+    records: dict[str, list[dict]] = {}
+    handles = []
+    for name, module in components.items():
+        if not name.startswith("text_encoder") or not hasattr(module,
+                                                              "register_forward_pre_hook"):
+            continue
+
+        def hook(_module, args, kwargs, name=name):
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            entry = {"input_ids": None if ids is None else ids.detach().cpu().numpy().copy()}
+            pixels = kwargs.get("pixel_values")
+            if pixels is not None:
+                entry["pixel_values"] = pixels.detach().float().cpu().numpy().copy()
+            records.setdefault(name, []).append(entry)
+
+        handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+    return records, handles
+
+
+def compare_encoder_inputs(ours: dict, theirs: dict) -> list[dict]:
+    """Row per text-encoder call: prompt ids equal (first differing position), pixel values
+    (max |Δ|). ``ours`` / ``theirs`` as ``harness_encoder_inputs`` / ``encoder_inputs``."""
+    rows = []
+    for name in sorted(set(ours) | set(theirs)):
+        a_calls, b_calls = ours.get(name, []), theirs.get(name, [])
+        for i in range(max(len(a_calls), len(b_calls))):
+            a = a_calls[i] if i < len(a_calls) else None
+            b = b_calls[i] if i < len(b_calls) else None
+            label = f"{name} call {i} ({'prompt' if i == 0 else 'negative prompt'})"
+            if a is None or b is None or a.get("input_ids") is None or b.get("input_ids") is None:
+                rows.append({"setting": f"{label} ids", "harness": None if a is None else "ids",
+                             "reference": None if b is None else "ids", "equal": a is b})
+                continue
+            x = np.asarray(a["input_ids"]).reshape(-1)
+            y = np.asarray(b["input_ids"]).reshape(-1)
+            n = min(len(x), len(y))
+            diff = np.flatnonzero(x[:n] != y[:n])
+            first = int(diff[0]) if len(diff) else (n if len(x) != len(y) else None)
+            rows.append({"setting": f"{label} ids",
+                         "harness": f"{len(x)} ids", "reference": f"{len(y)} ids",
+                         "equal": first is None, "first_differing_position": first})
+            if "pixel_values" in a or "pixel_values" in b:
+                pa, pb = a.get("pixel_values"), b.get("pixel_values")
+                same = (pa is not None and pb is not None and np.shape(pa) == np.shape(pb))
+                rows.append({"setting": f"{label} pixel_values",
+                             "harness": None if pa is None else list(np.shape(pa)),
+                             "reference": None if pb is None else list(np.shape(pb)),
+                             "equal": bool(same and np.array_equal(pa, pb)),
+                             "max_abs_diff": max_abs_diff(pa, pb) if same else None})
+    return rows
 
 
 def _summary(kwargs: dict) -> dict:
@@ -199,8 +257,13 @@ class ReferenceRunner:
         fbc, run = None, pipe
         if residual_threshold is not None:
             fbc, run = self.cache_hook(pipe, residual_threshold, ctx)
+        encoder_inputs, handles = _record_encoder_inputs(self.components)
         t0 = time.perf_counter()
-        out = run(**kwargs)
+        try:
+            out = run(**kwargs)
+        finally:
+            for handle in handles:
+                handle.remove()
         total = time.perf_counter() - t0
         decoded = np.asarray(out.images, dtype=np.float32)
         images = (decoded * 255).round().astype(np.uint8)  # VaeImageProcessor.numpy_to_pil
@@ -208,7 +271,25 @@ class ReferenceRunner:
             pipeline=type(pipe).__name__, inputs=inputs, images=images, decoded=decoded,
             **record.result_fields(), total_s=total, first_block_cache=fbc, given=given,
             settings=self._settings(pipe, kwargs, images, record),
-            extension=self.extension(request, ctx))
+            extension=self.extension(request, ctx), encoder_inputs=encoder_inputs)
+
+    def harness_encoder_inputs(self, ctx) -> dict:
+        """What the harness feeds each text encoder, in the order the pipeline calls them:
+        the prompt, then the negative prompt when it runs CFG; ``tokens_2`` go to
+        ``text_encoder_2``; the VL encoder's image input (``pixel_values``) with the prompt."""
+        def calls(pos, neg):
+            return [pos.all] + ([neg.all] if neg is not None else [])
+
+        out = {"text_encoder": [{"input_ids": ids} for ids in
+                                calls(ctx.tokens, ctx.negative_tokens)]}
+        if ctx.tokens_2 is not None:
+            out["text_encoder_2"] = [{"input_ids": ids} for ids in
+                                     calls(ctx.tokens_2, ctx.negative_tokens_2)]
+        pixels = ctx.extra_model_args.get("pixel_values")
+        if pixels is not None:
+            for call in out["text_encoder"]:
+                call["pixel_values"] = pixels
+        return out
 
     def _settings(self, pipe, kwargs: dict, images: np.ndarray, record: StepRecorder) -> dict:
         """What the pipeline resolved: its call signature's defaults applied to the arguments it
@@ -394,22 +475,29 @@ def _same(a, b) -> bool:
     return float(a) == float(b)  # True ≡ 1.0 (cfg_normalization), ints and floats alike
 
 
-def compare_inputs(ctx, ref: ReferenceResult) -> dict:
+def compare_inputs(ctx, ref: ReferenceResult, harness_encoder_inputs: dict | None = None) -> dict:
     """Each setting the reference pipeline resolved from the user's request, against what the
-    harness resolved (size, steps, schedule, guidance, ...): ``equal`` and the first difference.
-    Compared before any output: a different input explains every later difference."""
+    harness resolved (size, steps, schedule, guidance, ...), then what each text encoder was fed
+    (prompt ids, the VL encoder's pixel values): ``equal`` and the first difference. Compared
+    before any output: a different input explains every later difference."""
     ours = harness_settings(ctx)
     rows = []
     for key, theirs in ref.settings.items():
         mine = ours.get(key)
         rows.append({"setting": key, "harness": mine, "reference": theirs,
                      "equal": _same(mine, theirs)})
+    if harness_encoder_inputs is not None and ref.encoder_inputs:
+        rows += compare_encoder_inputs(harness_encoder_inputs, ref.encoder_inputs)
     first = next((r for r in rows if not r["equal"]), None)
     note = None
     if first is not None:
         show = (lambda v: f"{len(v)} steps from {v[0]:g}" if isinstance(v, list) and v else v)
+        where = first.get("first_differing_position")
         note = (f"{first['setting']}: harness {show(first['harness'])!r}, "
-                f"{ref.pipeline} {show(first['reference'])!r}")
+                f"{ref.pipeline} {show(first['reference'])!r}"
+                + (f", first difference at position {where}" if where is not None else "")
+                + (f", max |Δ| {first['max_abs_diff']:.3g}" if first.get("max_abs_diff")
+                   is not None else ""))
     return {"equal": first is None, "first_difference": note, "settings": rows,
             "reference_given": ref.given, "extension": ref.extension}
 
@@ -428,14 +516,15 @@ def verdict_of(inputs: dict, outputs: dict) -> tuple[str, str | None]:
 
 def parity_report(*, family: str, model: dict, request: dict, ctx, ours, ref: ReferenceResult,
                   device: str, dtype: str, harness_timings: dict,
-                  first_block_cache: dict | None = None) -> dict:
+                  first_block_cache: dict | None = None,
+                  harness_encoder_inputs: dict | None = None) -> dict:
     """The parity.json document: the inputs both sides resolved from the request (compared
     first), then the outputs; ``first_block_cache`` is ``first_block_cache_section``'s dict when
     the harness ran the cache."""
     import torch
 
     cmp = compare(ours, ref)
-    inputs = compare_inputs(ctx, ref)
+    inputs = compare_inputs(ctx, ref, harness_encoder_inputs)
     verdict, note = verdict_of(inputs, cmp)
     doc = {
         "family": family,
