@@ -54,7 +54,7 @@ def test_harness_generate(benchmark):
 @pytest.mark.benchmark(group="vlm-generate")
 def test_hf_generate(benchmark):
     fam = family(MODEL)
-    inputs = fam.reference_inputs(tokenizer(MODEL).new_context(_request()))
+    inputs = fam.context_inputs(tokenizer(MODEL).new_context(_request()))
     gc = copy.deepcopy(fam.model.generation_config)
     gc.eos_token_id, gc.do_sample, gc.max_new_tokens = None, False, NEW_TOKENS
     _info(benchmark, "model.generate()")

@@ -100,35 +100,20 @@ def _versions() -> dict:
 
 
 def _parity(family, tokenizer, request, opts: dict, ours, output_dir: Path) -> dict:
-    """Greedy harness run vs generate() and generate(prefill_chunk_size=k); write the report."""
+    """Greedy harness run vs generate() and generate(prefill_chunk_size=k), both fed by the
+    folder's own processor from the raw request; inputs compared first; write the report."""
     from dataclasses import replace
 
-    from harness.parity.vlm import (fixed_split_cuts, parity_report, reference_generate,
-                                    write_report)
+    from harness.parity.vlm import run_parity, write_report
     from harness.pipelines.vlm import VLMPipeline
 
     greedy_req = replace(request, temperature=0.0, ignore_eos=False)
     ctx = tokenizer.new_context(greedy_req)
-    prompt_len = len(ctx.tokens)
     if not opts["greedy"] or not ours.logits:
         ours = VLMPipeline(family).generate(ctx, chunk_size=opts["chunk_size"], keep_logits=True)
-    n = max(1, len(ours.tokens))
-    k = opts["chunk_size"] or prompt_len
-    refs = {"generate": reference_generate(family, tokenizer.new_context(greedy_req), n),
-            "generate_chunked": reference_generate(family, tokenizer.new_context(greedy_req), n,
-                                                   prefill_chunk_size=k)}
-    excluded = {}
-    cuts = fixed_split_cuts(ctx, k)
-    if family.bidirectional_images and cuts:
-        excluded["generate_chunked"] = (
-            f"transformers' prefill_chunk_size={k} ends {cuts} chunk(s) inside images of a model "
-            f"with bidirectional image attention, which changes the result; the harness planner "
-            f"aligns chunks to image edges instead")
-    report = parity_report(
-        family_name=family.family, request={**_request_dict(opts), "greedy": True},
-        ours=ours, ours_logits=ours.logits, refs=refs, num_images=len(opts["images"]),
-        chunk_size=opts["chunk_size"], excluded=excluded)
-    report["reference"]["generate_chunked"]["chunks_inside_image"] = cuts
+    report = run_parity(family, tokenizer, greedy_req, ours, opts["chunk_size"],
+                        request_dict={**_request_dict(opts), "greedy": True},
+                        num_images=len(opts["images"]))
     write_report(report, output_dir)
     return report
 
@@ -189,11 +174,14 @@ def run(args, resolved, output_dir: Path) -> dict:
     }
     if opts["parity"]:
         report = _parity(family, tokenizer, request, opts, result, Path(output_dir))
-        payload["parity"] = {k: report[k] for k in ("verdict", "tokens_equal",
-                                                     "max_abs_logit_diff",
+        payload["parity"] = {k: report[k] for k in ("verdict", "verdict_note", "output_verdict",
+                                                     "tokens_equal", "max_abs_logit_diff",
                                                      "first_divergent_token")}
-        say(f"parity: {report['verdict']} (tokens equal {report['tokens_equal']}, max |Δlogit| "
-            f"{report['max_abs_logit_diff']:.3g}); wrote {Path(output_dir) / 'parity.json'}")
+        detail = (f"first input difference: {report['verdict_note']}"
+                  if report["verdict"] == "input mismatch" else
+                  f"tokens equal {report['tokens_equal']}, max |Δlogit| "
+                  f"{report['max_abs_logit_diff']:.3g} (bound {report['tolerance']['bound']:.3g})")
+        say(f"parity: {report['verdict']} ({detail}); wrote {Path(output_dir) / 'parity.json'}")
     say(f"load {load_s:.2f}s  prefill {result.prefill_s:.3f}s  decode {result.decode_s:.3f}s  "
         f"({n} tokens)  total {total:.2f}s")
     return payload

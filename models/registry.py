@@ -9,7 +9,9 @@ Each family is a package ``models/<family>/`` whose ``__init__`` exports the fam
   ``Denoiser`` (a ``harness.pipelines.denoise.DenoiserBase`` subclass) and ``ReferenceRunner``
   (a ``harness.parity.pixel.ReferenceRunner`` subclass);
 - text (VLM) families: ``load(folder, device, dtype)`` → a
-  ``harness.pipelines.vlm_family.VLMFamily`` adapter.
+  ``harness.pipelines.vlm_family.VLMFamily`` adapter; optionally ``REPLICA_NAMES`` and
+  ``replica_path(name, cache_dir=None)``: replicas of real checkpoints (their configs, processor
+  settings, chat templates and token ids, random weights, cut to 1–2 layers), built offline.
 
 Adding a family: write its package, then add its name to ``FAMILY_MODULES`` below. The importing
 of a family is cheap (no torch); heavy modules load when a model runs.
@@ -22,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["FAMILY_MODULES", "ResolvedModel", "resolve", "tiny_names", "family_module"]
+__all__ = ["FAMILY_MODULES", "ResolvedModel", "resolve", "tiny_names", "replica_names",
+           "family_module"]
 
 # Families in lookup order; a module that is not there yet is skipped.
 FAMILY_MODULES = ("flux1", "flux2", "qwen_image", "z_image", "llava", "qwen2_vl", "pixtral",
@@ -65,6 +68,10 @@ def tiny_names() -> list[str]:
     return [n for mod in _available() for n in mod.TINY_NAMES]
 
 
+def replica_names() -> list[str]:
+    return [n for mod in _available() for n in getattr(mod, "REPLICA_NAMES", ())]
+
+
 def _hf_cache_snapshot(model_id: str) -> Path | None:
     """Folder of an offline HF cache entry (``org/name``), without any network access."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -85,6 +92,8 @@ def resolve(model: str | None, cache_dir: str | os.PathLike | None = None) -> Re
     for mod in families:
         if model in mod.TINY_NAMES:
             return ResolvedModel(mod, Path(mod.tiny_path(model, cache_dir)), model)
+        if model in getattr(mod, "REPLICA_NAMES", ()):
+            return ResolvedModel(mod, Path(mod.replica_path(model, cache_dir)), model)
     folder = Path(model).expanduser()
     if not folder.is_dir():
         if "/" in model and not model.startswith((".", "/")):
@@ -93,7 +102,8 @@ def resolve(model: str | None, cache_dir: str | os.PathLike | None = None) -> Re
                 folder = snap
         if not folder.is_dir():
             raise ValueError(
-                f"model {model!r} is neither a tiny model ({', '.join(tiny_names())}), a local "
+                f"model {model!r} is neither a tiny model ({', '.join(tiny_names())}), a replica "
+                f"({', '.join(replica_names())}), a local "
                 f"folder, nor an entry of the offline Hugging Face cache")
     for mod in families:
         if mod.matches(folder):

@@ -11,7 +11,9 @@ from harness.env import offline_env, torch_dtype
 from harness.pipelines.vlm_family import VLMFamily
 
 __all__ = ["build_byte_tokenizer", "redraw_weights", "load_family", "image_features", "tiny_model",
-           "save_all", "tiny_build", "config_matches"]
+           "save_all", "tiny_build", "config_matches", "read_json", "processor_config",
+           "folder_chat_template", "hf_processor", "image_only_processor", "write_processor_config",
+           "deep_update", "replica_tokenizer", "build_replica"]
 
 
 # -- tiny tokenizers ------------------------------------------------------------------------------
@@ -78,15 +80,87 @@ def tiny_build(name: str, names: tuple[str, ...], recipe: dict, build: Callable[
     return ensure_built(name, recipe, build, cache_dir)
 
 
-def config_matches(folder, model_types: tuple[str, ...]) -> bool:
-    """Does ``folder/config.json`` declare one of ``model_types``?"""
-    cfg = Path(folder) / "config.json"
-    if not cfg.is_file():
-        return False
+def read_json(path) -> dict:
+    """A JSON object from ``path`` ({} when the file is missing or not a JSON object)."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
     try:
-        return json.loads(cfg.read_text()).get("model_type") in model_types
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def config_matches(folder, model_types: tuple[str, ...],
+                   vision_types: tuple[str, ...] | None = None) -> bool:
+    """Does ``folder/config.json`` declare one of ``model_types`` (and, when given, a vision tower
+    whose ``model_type`` is one of ``vision_types``)?"""
+    cfg = read_json(Path(folder) / "config.json")
+    if cfg.get("model_type") not in model_types:
         return False
+    if vision_types is None:
+        return True
+    vision = cfg.get("vision_config") or {}
+    return (vision.get("model_type") if isinstance(vision, dict) else None) in vision_types
+
+
+def processor_config(folder) -> dict:
+    """The processor's own settings from ``processor_config.json`` (patch size, placeholder
+    counts, ...), as ``ProcessorMixin.from_pretrained`` reads them; {} when the folder has none."""
+    cfg = read_json(Path(folder) / "processor_config.json")
+    return {k: v for k, v in cfg.items() if k not in ("processor_class", "auto_map",
+                                                       "chat_template")}
+
+
+def folder_chat_template(folder, tokenizer=None) -> str | None:
+    """The folder's chat template: ``chat_template.jinja``, else ``chat_template.json``, else the
+    tokenizer's (tokenizer_config.json); None when the folder has none."""
+    folder = Path(folder)
+    jinja = folder / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    tpl = read_json(folder / "chat_template.json").get("chat_template")
+    if isinstance(tpl, str) and tpl:
+        return tpl
+    tpl = getattr(tokenizer, "chat_template", None) if tokenizer is not None else None
+    return tpl if isinstance(tpl, str) and tpl else None
+
+
+def write_processor_config(folder, processor_class: str, settings: dict) -> None:
+    """Write ``processor_config.json`` as ``ProcessorMixin.save_pretrained`` lays it out (for
+    processors that cannot be instantiated here, e.g. those that need torchvision)."""
+    data = {**settings, "processor_class": processor_class}
+    (Path(folder) / "processor_config.json").write_text(
+        json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def image_only_processor(processor_cls):
+    """``processor_cls`` without its video (or audio) sub-processor: transformers' processors
+    that cannot be built without torchvision (Qwen2-VL's video processor needs it) still do
+    their text and image work through the same code, just with image + tokenizer attributes."""
+
+    class ImageOnly(processor_cls):
+        @classmethod
+        def get_attributes(cls):
+            return ["image_processor", "tokenizer"]
+
+    ImageOnly.__name__ = ImageOnly.__qualname__ = processor_cls.__name__
+    return ImageOnly
+
+
+def hf_processor(processor_cls, folder, image_processor_cls):
+    """The folder's processor as ``processor_cls.from_pretrained`` builds it (processor_config.json
+    settings and chat template through ``get_processor_dict``), with a freshly loaded tokenizer and
+    the PIL image processor ``image_processor_cls`` (transformers' torchvision image processors
+    are not installed here)."""
+    offline_env()
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    image_processor = image_processor_cls.from_pretrained(folder, local_files_only=True)
+    settings, _ = processor_cls.get_processor_dict(str(folder), local_files_only=True)
+    return processor_cls.from_args_and_dict([image_processor, tok], settings)
 
 
 def load_family(cls, folder, classes: tuple, *, device: str = "cpu", dtype: str = "float32",
@@ -104,7 +178,9 @@ def load_family(cls, folder, classes: tuple, *, device: str = "cpu", dtype: str 
     model.to(device).eval()
     tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     proc = processor_cls.from_pretrained(folder, local_files_only=True)
-    return cls(model=model, tokenizer=tok, image_processor=proc, folder=Path(folder), **fields)
+    return cls(model=model, tokenizer=tok, image_processor=proc, folder=Path(folder),
+               processor_config=processor_config(folder),
+               chat_template=folder_chat_template(folder, tok), **fields)
 
 
 def image_features(model, pixel_values, *, batched: bool = True, **kwargs):
@@ -119,3 +195,108 @@ def image_features(model, pixel_values, *, batched: bool = True, **kwargs):
     if isinstance(out, torch.Tensor):
         return out.reshape(-1, out.shape[-1])
     return torch.cat(list(out), dim=0)
+
+
+# -- replicas of real checkpoints -----------------------------------------------------------------
+# A replica is a real checkpoint's folder layout with random weights: its config.json (verbatim,
+# then cut in depth and width by a documented ``shrink``), preprocessor_config.json,
+# processor_config.json, chat template and generation_config.json as the real repository ships
+# them; a byte-level BPE tokenizer that keeps the real special tokens at their real ids; sharded
+# safetensors with model.safetensors.index.json.
+
+def deep_update(base: dict, changes: dict) -> dict:
+    """``base`` with ``changes`` merged in, nested dicts key by key (a copy)."""
+    out = json.loads(json.dumps(base))
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_update(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def replica_tokenizer(folder: Path, spec: dict) -> None:
+    """A byte-level BPE tokenizer with the real special tokens at their real ids.
+
+    ``spec``: ``specials`` {token: id}, ``bos``/``eos``/``pad``/``unk`` (token strings or None),
+    ``add_bos`` (the real tokenizer prepends BOS), ``named`` (named special tokens the processors
+    read: ``image_token``, ``boi_token``, ...), ``byte_start`` (first id of the byte symbols and
+    merges; ids taken by specials are skipped), ``texts`` (what the merges are learned from, so
+    that a template's default system prompt tokenizes into words, not bytes) and ``max_merges``."""
+    offline_env()
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers
+    from tokenizers import pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    from .chat_tokenizers import QWEN_PRETOKENIZE_REGEX, learn_byte_merges
+    from .text_tokenizers import CORPUS, bytes_to_unicode
+
+    specials: dict[str, int] = dict(spec["specials"])
+    taken = set(specials.values())
+    merges = learn_byte_merges(list(CORPUS) + list(spec.get("texts", ())),
+                               int(spec.get("max_merges", 400)), specials=list(specials))
+    vocab = dict(specials)
+    next_id = int(spec["byte_start"])
+    for piece in list(bytes_to_unicode().values()) + ["".join(m) for m in merges]:
+        if piece in vocab:
+            continue
+        while next_id in taken:
+            next_id += 1
+        vocab[piece] = next_id
+        taken.add(next_id)
+    core = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=spec.get("unk")))
+    core.normalizer = normalizers.NFC()
+    core.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    core.decoder = decoders.ByteLevel()
+    bos = spec.get("bos")
+    if spec.get("add_bos"):
+        core.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, specials[bos])])
+    core.add_special_tokens([AddedToken(s, special=True, normalized=False)
+                             for s in sorted(specials, key=specials.get)])
+    kw = {k: spec.get(k) for k in ("bos", "eos", "pad", "unk") if spec.get(k)}
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core, extra_special_tokens=dict(spec.get("named") or {}),
+        model_max_length=int(spec.get("model_max_length", 32768)),
+        **{f"{k}_token": v for k, v in kw.items()})
+    tok.save_pretrained(str(folder))
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def build_replica(folder: Path, spec: dict, model_cls) -> None:
+    """Write a replica folder from ``spec`` (see the section notes): ``config`` (verbatim),
+    ``shrink`` (depth/width cuts merged into it), ``generation_config``, ``preprocessor_config``,
+    ``processor_config`` and ``chat_template`` (None: the real repository has none),
+    ``tokenizer`` (``replica_tokenizer``'s spec), ``std``/``seed`` of the weight re-draw and
+    ``shard`` (max_shard_size)."""
+    offline_env()
+    import torch
+    from transformers import AutoConfig
+
+    folder = Path(folder)
+    cfg = deep_update(spec["config"], spec.get("shrink", {}))
+    _write_json(folder / "config.json", cfg)
+    config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    torch.manual_seed(spec["seed"])
+    model = model_cls(config)
+    redraw_weights(model, spec["std"], spec["seed"])
+    dtype = cfg.get("torch_dtype") or cfg.get("dtype") or "float32"
+    model.to(getattr(torch, dtype))
+    model.save_pretrained(str(folder), max_shard_size=spec.get("shard", "8MB"))
+    # save_pretrained rewrote the configs in transformers' current layout: put the real
+    # repository's files (shrunk) back, so loading goes through the real layout.
+    _write_json(folder / "config.json", cfg)
+    _write_json(folder / "generation_config.json", spec["generation_config"])
+    _write_json(folder / "preprocessor_config.json", spec["preprocessor_config"])
+    if spec.get("processor_config") is not None:
+        _write_json(folder / "processor_config.json", spec["processor_config"])
+    if spec.get("chat_template") is not None:
+        _write_json(folder / "chat_template.json", {"chat_template": spec["chat_template"]})
+    replica_tokenizer(folder, spec["tokenizer"])
+    if not (folder / "model.safetensors.index.json").is_file():
+        raise RuntimeError(f"replica {folder.name}: expected sharded safetensors")

@@ -17,8 +17,7 @@ CHUNKS = (1, 3, 7, 13, None)
 def reference(name: str, n_images: int, chunk: int | None):
     from harness.parity.vlm import reference_generate
 
-    ctx = tokenizer(name).new_context(request(n_images))
-    return reference_generate(family(name), ctx, 5, prefill_chunk_size=chunk)
+    return reference_generate(family(name), request(n_images), 5, prefill_chunk_size=chunk)
 
 
 def _check(result, ref):
@@ -108,7 +107,7 @@ def test_qwen2_vl_positions_match_transformers_rope_index():
 
     fam = family("tiny-qwen2-vl")
     ctx = tokenizer("tiny-qwen2-vl").new_context(request(2))
-    inputs = fam.reference_inputs(ctx)
+    inputs = fam.context_inputs(ctx)
     ref, delta = fam.model.model.get_rope_index(
         inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
         image_grid_thw=inputs["image_grid_thw"])

@@ -55,8 +55,8 @@ class EncoderCache:
             self.calls += 1
             if rows.shape[0] != image.num_embeddings:
                 raise RequestError(
-                    f"image {index} {image!r}: the vision encoder returned {rows.shape[0]} rows "
-                    f"but the prompt has {image.num_embeddings} placeholders for it")
+                    f"image {index}: the vision encoder returned {rows.shape[0]} rows but the "
+                    f"prompt has {image.num_embeddings} placeholders for it")
             self.rows[index] = rows
         return rows
 

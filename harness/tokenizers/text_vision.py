@@ -1,4 +1,11 @@
-"""Request → TextAndVisionContext: prompt rendering, placeholder expansion, images, EOS, sampling."""
+"""Request → TextAndVisionContext: prompt rendering, placeholder expansion, images, EOS, sampling.
+
+The prompt goes through the folder's chat template (``family.render_prompt``); each image marker
+the template writes is replaced by the family's expansion text, the whole text is tokenized once
+(as the Hugging Face processor does), and each encoder input's placeholder range is found in the
+ids. Encoder rows vs placeholders are checked per image from the model's config, before any
+forward pass.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -12,17 +19,19 @@ from harness.context import ImageMetadata, SamplingParams, TextAndVisionContext
 from harness.errors import RequestError
 from harness.images import MAX_IMAGE_SIDE, load_image
 
-__all__ = ["TextGenerationRequest", "TextAndVisionTokenizer", "load_image"]
+__all__ = ["TextGenerationRequest", "TextAndVisionTokenizer", "load_image", "request_messages"]
 
 
 @dataclass(kw_only=True)
 class TextGenerationRequest:
     """A VLM generation request: a prompt (text or chat messages), images and options.
 
-    ``prompt`` is a string (the images go first, in order) or a list of chat messages
-    ``{"role": "user"|"assistant", "content": str | [{"type": "text", "text": ...} |
-    {"type": "image", "image": <optional source>}]}``; image parts without a source take the
-    next entry of ``images``. Images are paths, PIL images or uint8 arrays.
+    ``prompt`` is a string (one user turn; the images go first, in order) or a list of chat
+    messages ``{"role": "system"|"user"|"assistant", "content": str | [{"type": "text", "text":
+    ...} | {"type": "image", "image": <optional source>}]}``; image parts without a source take the
+    next entry of ``images``. Images are paths, PIL images or uint8 arrays. ``image_options`` are
+    image-processor options the user sets (e.g. ``{"do_pan_and_scan": True}`` for Gemma 3), given
+    to the harness and to the reference processor alike.
     """
 
     prompt: str | list[dict]
@@ -39,11 +48,68 @@ class TextGenerationRequest:
     stop_sequences: list[list[int]] = field(default_factory=list)
     ignore_eos: bool = False
     request_id: str | None = None
+    image_options: dict = field(default_factory=dict)
 
 
 def _image_hash(pixels: np.ndarray) -> int:
     digest = hashlib.blake2b(np.ascontiguousarray(pixels).tobytes(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
+
+
+def request_messages(request: TextGenerationRequest) -> tuple[list[dict], list[Any]]:
+    """The request as chat messages in content-part form (image parts carry no payload) and the
+    image sources in prompt order; RequestError for a malformed request.
+
+    A string prompt is one user turn: its images first, then the text (the layout of the
+    processors' own examples)."""
+    pending = list(request.images)
+    if isinstance(request.prompt, str):
+        content = [{"type": "image"} for _ in pending] + [{"type": "text",
+                                                          "text": request.prompt}]
+        return [{"role": "user", "content": content}], pending
+    if not isinstance(request.prompt, list):
+        raise RequestError(f"prompt must be a string or a list of chat messages, got "
+                           f"{type(request.prompt).__name__}")
+    messages: list[dict] = []
+    sources: list[Any] = []
+    for i, msg in enumerate(request.prompt):
+        if not isinstance(msg, dict) or msg.get("role") not in ("user", "assistant", "system"):
+            raise RequestError(f"message {i} must be a dict with role user, assistant or "
+                               f"system, got {msg!r:.80}")
+        content = msg.get("content", "")
+        parts: list[dict] = []
+        for part in ([{"type": "text", "text": content}] if isinstance(content, str)
+                     else content):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text":
+                parts.append({"type": "text", "text": str(part.get("text", ""))})
+            elif kind == "image":
+                src = part.get("image", part.get("path", part.get("url")))
+                if src is None:
+                    if not pending:
+                        raise RequestError(
+                            "the messages have more image parts than images were given")
+                    src = pending.pop(0)
+                sources.append(src)
+                parts.append({"type": "image"})
+            else:
+                raise RequestError(f"message {i}: content parts must have type 'text' "
+                                   f"or 'image', got {part!r:.80}")
+        messages.append({"role": msg["role"], "content": parts})
+    if pending:
+        raise RequestError(f"{len(pending)} image(s) given but the messages have no image "
+                           f"part for them")
+    return messages, sources
+
+
+def _find(ids: np.ndarray, pattern: list[int], start: int) -> int:
+    """First index >= start where ``pattern`` occurs in ``ids`` (-1 if none)."""
+    n = len(pattern)
+    first = pattern[0]
+    for i in np.flatnonzero(ids[start:] == first) + start:
+        if i + n <= len(ids) and ids[i] == first and (ids[i:i + n] == pattern).all():
+            return int(i)
+    return -1
 
 
 class TextAndVisionTokenizer:
@@ -54,82 +120,64 @@ class TextAndVisionTokenizer:
         self.family = family
         self.max_image_side = max_image_side or MAX_IMAGE_SIDE
 
-    # -- prompt rendering -------------------------------------------------------------------------
-    def _segments(self, request: TextGenerationRequest) -> list[Any]:
-        """Rendered prompt as text strings and image sources, in order."""
-        chat = self.family.chat
-        pending = list(request.images)
-        if isinstance(request.prompt, str):
-            user: list[Any] = []
-            for src in pending:
-                user += [_Image(src), chat.image_separator]
-            pending = []
-            messages = [("user", user + [request.prompt])]
-        elif isinstance(request.prompt, list):
-            messages = []
-            for i, msg in enumerate(request.prompt):
-                if not isinstance(msg, dict) or msg.get("role") not in ("user", "assistant",
-                                                                       "system"):
-                    raise RequestError(f"message {i} must be a dict with role user, assistant or "
-                                       f"system, got {msg!r:.80}")
-                content = msg.get("content", "")
-                parts: list[Any] = []
-                for part in ([{"type": "text", "text": content}] if isinstance(content, str)
-                             else content):
-                    kind = part.get("type") if isinstance(part, dict) else None
-                    if kind == "text":
-                        parts.append(str(part.get("text", "")))
-                    elif kind == "image":
-                        src = part.get("image", part.get("path", part.get("url")))
-                        if src is None:
-                            if not pending:
-                                raise RequestError(
-                                    "the messages have more image parts than images were given")
-                            src = pending.pop(0)
-                        parts.append(_Image(src))
-                    else:
-                        raise RequestError(f"message {i}: content parts must have type 'text' "
-                                           f"or 'image', got {part!r:.80}")
-                messages.append((msg["role"], parts))
-            if pending:
-                raise RequestError(f"{len(pending)} image(s) given but the messages have no image "
-                                   f"part for them")
-        else:
-            raise RequestError(f"prompt must be a string or a list of chat messages, got "
-                               f"{type(request.prompt).__name__}")
-        out: list[Any] = []
-        for role, parts in messages:
-            if role == "assistant":
-                out += [chat.assistant_prefix, *parts, self.family.tokenizer.eos_token or ""]
-            else:
-                out += [chat.user_prefix, *parts, chat.user_suffix]
-        out.append(chat.assistant_prefix)
-        return out
-
     # -- request → context ------------------------------------------------------------------------
+    def render(self, request: TextGenerationRequest) -> tuple[str, list[Any]]:
+        """The prompt text through the chat template (one image marker per image) and the image
+        sources in order."""
+        fam = self.family
+        messages, sources = request_messages(request)
+        try:
+            text = fam.render_prompt(messages)
+        except Exception as exc:  # a template's raise_exception, a malformed conversation
+            raise RequestError(f"the chat template refused the messages: {exc}") from None
+        marker = fam.image_marker
+        found = text.count(marker)
+        if found != len(sources):
+            raise RequestError(
+                f"the prompt holds {found} image placeholder tokens {marker!r} but {len(sources)} "
+                f"image(s) were given (does the text contain a literal image token?)")
+        return text, sources
+
     def encode_prompt(self, request: TextGenerationRequest) -> tuple[list[int], list[ImageMetadata]]:
-        """Token ids with expanded placeholders and one ImageMetadata per image."""
-        fam, tok = self.family, self.family.tokenizer
-        ids: list[int] = [tok.bos_token_id] if fam.chat.add_bos and tok.bos_token_id is not None \
-            else []
+        """Token ids with expanded placeholders and one ImageMetadata per encoder input."""
+        fam = self.family
+        try:
+            options = fam.check_image_options(dict(request.image_options or {}))
+        except ValueError as exc:
+            raise RequestError(str(exc)) from None
+        text, sources = self.render(request)
+        chunks = text.split(fam.image_marker)
+        expanded = [chunks[0]]
+        pieces = []
+        for i, src in enumerate(sources):
+            prep = fam.prepare(load_image(src, self.max_image_side), options)
+            for j, piece in enumerate(prep.pieces):
+                got = fam.encoder_rows(piece)
+                if got.rows != piece.num_rows:
+                    where = f"image {i}" + (f" (crop {j})" if len(prep.pieces) > 1 else "")
+                    if got.rows < 0:
+                        raise RequestError(f"{where}: {got.why}")
+                    raise RequestError(
+                        f"{where}: the model's vision tower gives {got.rows} encoder rows "
+                        f"({got.why}) but the processor lays out {piece.num_rows} placeholders "
+                        f"for it")
+                pieces.append(piece)
+            expanded += [prep.text, chunks[i + 1]]
+        ids = fam.tokenize_prompt("".join(expanded))
+        arr = np.asarray(ids, dtype=np.int64)
         images: list[ImageMetadata] = []
-        text = ""
-        for seg in self._segments(request):
-            if isinstance(seg, str):
-                text += seg
-                continue
-            if text:
-                ids += tok.encode(text, add_special_tokens=False)
-                text = ""
-            prep = fam.preprocess(load_image(seg.source, self.max_image_side))
-            base = len(ids)
-            ids += prep.ids
+        cursor = 0
+        for k, piece in enumerate(pieces):
+            start = _find(arr, piece.placeholder_ids, cursor)
+            if start < 0:
+                raise RequestError(f"image input {k}: its {len(piece.placeholder_ids)} "
+                                   f"placeholders were not found in the tokenized prompt")
+            end = start + len(piece.placeholder_ids)
             images.append(ImageMetadata(
-                start_idx=base + prep.range_start, end_idx=base + prep.range_end,
-                pixel_values=prep.pixel_values, image_hash=_image_hash(prep.pixel_values),
-                grid_thw=prep.grid_thw, embedding_positions=prep.embedding_positions))
-        if text:
-            ids += tok.encode(text, add_special_tokens=False)
+                start_idx=start, end_idx=end, pixel_values=piece.pixel_values,
+                image_hash=_image_hash(piece.pixel_values), grid_thw=piece.grid_thw,
+                embedding_positions=piece.embedding_positions))
+            cursor = end
         self._check_placeholders(ids, images)
         return ids, images
 
@@ -182,8 +230,3 @@ class TextAndVisionTokenizer:
                 model_name=str(fam.folder), vision_token_ids=fam.vision_token_ids, images=images)
         except ValueError as exc:
             raise RequestError(str(exc)) from None
-
-
-@dataclass
-class _Image:
-    source: Any

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..vlm_common import build_byte_tokenizer, save_all, tiny_build, tiny_model
+from ..vlm_common import (build_byte_tokenizer, save_all, tiny_build, tiny_model,
+                          write_processor_config)
 from .adapter import FAMILY, hf_classes
 
 __all__ = ["TINY_NAMES", "RECIPE", "tiny_path"]
@@ -14,7 +15,7 @@ TINY_NAMES = ("tiny-gemma3",)
 _SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>",
              "<start_of_image>", "<end_of_image>", "<image_soft_token>"]
 RECIPE = {
-    "family": FAMILY, "version": 1, "specials": _SPECIALS, "std": 0.05, "seed": 0,
+    "family": FAMILY, "version": 2, "specials": _SPECIALS, "std": 0.05, "seed": 0,
     "vision": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
                "num_attention_heads": 4, "image_size": 32, "patch_size": 4},
     "text": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
@@ -45,6 +46,9 @@ def _build(folder: Path) -> None:
     size = RECIPE["vision"]["image_size"]
     proc = processor_cls(size={"height": size, "width": size}, do_pan_and_scan=False)
     save_all(folder, model, tok, proc)
+    # Gemma3Processor settings: its image_seq_length equals the model's mm_tokens_per_image.
+    write_processor_config(folder, "Gemma3Processor",
+                           {"image_seq_length": RECIPE["mm_tokens_per_image"]})
 
 
 def tiny_path(name: str, cache_dir=None) -> Path:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..vlm_common import build_byte_tokenizer, save_all, tiny_build, tiny_model
+from ..vlm_common import (build_byte_tokenizer, save_all, tiny_build, tiny_model,
+                          write_processor_config)
 from .adapter import FAMILY, hf_classes
 
 __all__ = ["TINY_NAMES", "RECIPE", "tiny_path"]
@@ -13,11 +14,14 @@ TINY_NAMES = ("tiny-llava",)
 
 _SPECIALS = ["<pad>", "<s>", "</s>", "<image>"]
 RECIPE = {
-    "family": FAMILY, "version": 1, "specials": _SPECIALS, "std": 0.15, "seed": 0,
+    "family": FAMILY, "version": 2, "specials": _SPECIALS, "std": 0.15, "seed": 0,
     "vision": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
                "num_attention_heads": 4, "image_size": 32, "patch_size": 8},
     "text": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
              "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512},
+    # LlavaProcessor settings (processor_config.json), as llava-hf checkpoints ship them.
+    "processor": {"image_token": "<image>", "patch_size": 8, "num_additional_image_tokens": 1,
+                  "vision_feature_select_strategy": "default"},
 }
 
 
@@ -37,6 +41,7 @@ def _build(folder: Path) -> None:
     size = RECIPE["vision"]["image_size"]
     proc = processor_cls(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
     save_all(folder, model, tok, proc)
+    write_processor_config(folder, "LlavaProcessor", RECIPE["processor"])
 
 
 def tiny_path(name: str, cache_dir=None) -> Path:

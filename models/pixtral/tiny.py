@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..vlm_common import build_byte_tokenizer, save_all, tiny_build, tiny_model
+from ..vlm_common import (build_byte_tokenizer, save_all, tiny_build, tiny_model,
+                          write_processor_config)
 from .adapter import FAMILY, hf_classes
 
 __all__ = ["TINY_NAMES", "RECIPE", "tiny_path"]
@@ -14,7 +15,7 @@ TINY_NAMES = ("tiny-pixtral",)
 _SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", "[INST]", "[/INST]", "[IMG]", "[IMG_BREAK]",
              "[IMG_END]"]
 RECIPE = {
-    "family": FAMILY, "version": 1, "specials": _SPECIALS, "std": 0.15, "seed": 0,
+    "family": FAMILY, "version": 2, "specials": _SPECIALS, "std": 0.15, "seed": 0,
     "vision": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
                "num_attention_heads": 4, "image_size": 128, "patch_size": 8},
     "text": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
@@ -22,6 +23,9 @@ RECIPE = {
              "max_position_embeddings": 1024, "sliding_window": None},
     "spatial_merge_size": 2,
     "longest_edge": 128,
+    # PixtralProcessor settings (processor_config.json): the vision patch and the merge.
+    "processor": {"image_token": "[IMG]", "image_break_token": "[IMG_BREAK]",
+                  "image_end_token": "[IMG_END]", "patch_size": 8, "spatial_merge_size": 2},
 }
 
 
@@ -44,6 +48,7 @@ def _build(folder: Path) -> None:
     proc = processor_cls(size={"longest_edge": RECIPE["longest_edge"]},
                          patch_size={"height": step, "width": step})
     save_all(folder, model, tok, proc)
+    write_processor_config(folder, "PixtralProcessor", RECIPE["processor"])
 
 
 def tiny_path(name: str, cache_dir=None) -> Path:

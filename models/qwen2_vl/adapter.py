@@ -1,13 +1,15 @@
-"""Qwen2-VL's rules: ``<|vision_start|> <|image_pad|>×(t·h·w/merge²) <|vision_end|>`` and
-M-RoPE; which folders are Qwen2-VL, and loading one offline."""
+"""Qwen2-VL's rules: ``<|vision_start|> <|image_pad|>×(t·h·w/merge²) <|vision_end|>`` (the chat
+template writes the markers around one ``<|image_pad|>``, which ``Qwen2VLProcessor`` expands), the
+encoder rows the config promises, M-RoPE; which folders are Qwen2-VL, and loading one offline."""
 from __future__ import annotations
 
 import numpy as np
 
 from harness.env import offline_env
-from harness.pipelines.vlm_family import ChatFormat, PreparedImage, VLMFamily
+from harness.pipelines.vlm_family import ChatFormat, ImagePiece, PreparedImage, RowCount, VLMFamily
 
-from ..vlm_common import config_matches, image_features, load_family
+from ..vlm_common import (config_matches, hf_processor, image_features, image_only_processor,
+                          load_family)
 
 __all__ = ["FAMILY", "MODALITY", "CHAT", "Qwen2VL", "matches", "hf_classes", "load"]
 
@@ -34,18 +36,46 @@ class Qwen2VL(VLMFamily):
 
     @property
     def merge(self) -> int:
+        """The model's spatial merge (encoder side)."""
         return int(self.config.vision_config.spatial_merge_size)
 
-    def preprocess(self, image) -> PreparedImage:
-        out = self.image_processor(images=[image], return_tensors="np")
+    @property
+    def image_marker(self) -> str:
+        return getattr(self.tokenizer, "image_token", None) or "<|image_pad|>"
+
+    @property
+    def template_image_text(self) -> str:
+        return "<|vision_start|>" + self.image_marker + "<|vision_end|>"
+
+    def prepare(self, image, options: dict | None = None) -> PreparedImage:
+        out = self.image_processor(images=[image], return_tensors="np", **(options or {}))
         t, h, w = (int(x) for x in out["image_grid_thw"][0])
+        # Qwen2VLProcessor.replace_image_token: grid product over the image processor's merge².
+        pm = int(self.image_processor.merge_size)
+        n = t * h * w // (pm * pm)
         m = self.merge
-        n = t * h * w // (m * m)
-        ids = ([self.token_id("<|vision_start|>")] + [self.image_token_id] * n
-               + [self.token_id("<|vision_end|>")])
-        return PreparedImage(pixel_values=np.ascontiguousarray(out["pixel_values"], np.float32),
-                             ids=ids, range_start=1, range_end=1 + n,
-                             grid_thw=(t, h // m, w // m))
+        piece = ImagePiece(pixel_values=np.ascontiguousarray(out["pixel_values"], np.float32),
+                           placeholder_ids=[self.image_token_id] * n,
+                           grid_thw=(t, h // m, w // m), meta={"raw_grid_thw": (t, h, w)})
+        return PreparedImage(text=self.image_marker * n, pieces=[piece])
+
+    def encoder_rows(self, piece: ImagePiece) -> RowCount:
+        vc = self.config.vision_config
+        width = int(vc.in_channels if hasattr(vc, "in_channels") else 3) * \
+            int(vc.temporal_patch_size) * int(vc.patch_size) ** 2
+        got = piece.pixel_values.shape[-1]
+        if got != width:
+            return RowCount(-1, f"the image processor makes patches of {got} values but the "
+                                f"vision tower takes {width} (channels × "
+                                f"temporal_patch_size {vc.temporal_patch_size} × patch_size "
+                                f"{vc.patch_size}²)")
+        t, h, w = piece.meta["raw_grid_thw"]
+        m = self.merge
+        if h % m or w % m:
+            return RowCount(-1, f"the image processor makes a {h}×{w} patch grid, which the "
+                                f"vision tower cannot merge {m}×{m} (spatial_merge_size)")
+        return RowCount(t * h * w // (m * m), f"{t}×{h}×{w} patches merged {m}×{m} "
+                                              f"(vision_config.spatial_merge_size)")
 
     def _raw_grid(self, image):
         import torch
@@ -93,7 +123,22 @@ class Qwen2VL(VLMFamily):
         seq = torch.arange(start, stop, dtype=torch.long)
         return torch.stack([seq, seq + state, seq + state, seq + state])[:, None, :]
 
-    def reference_inputs(self, ctx) -> dict:
+    def build_reference_processor(self):
+        from transformers.models.qwen2_vl.processing_qwen2_vl import Qwen2VLProcessor
+
+        return hf_processor(image_only_processor(Qwen2VLProcessor), self.folder,
+                            type(self.image_processor))
+
+    def reference_pixels(self, inputs: dict) -> list[np.ndarray]:
+        """The processor's patch rows split per image by its ``image_grid_thw``."""
+        pv = np.asarray(inputs["pixel_values"], dtype=np.float32) if "pixel_values" in inputs \
+            else None
+        if pv is None:
+            return []
+        sizes = [int(np.prod(g)) for g in np.asarray(inputs["image_grid_thw"])]
+        return list(np.split(pv, np.cumsum(sizes)[:-1]))
+
+    def context_inputs(self, ctx) -> dict:
         import torch
 
         ids = torch.as_tensor(np.asarray(ctx.tokens.prompt), dtype=torch.long)[None]
