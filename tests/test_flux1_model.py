@@ -100,7 +100,8 @@ def test_static_shift_folder(tmp_path):
     cfg.update(use_dynamic_shifting=False, shift=1.0)
     cfg_path.write_text(json.dumps(cfg))
     rules = flux1.rules(folder)
-    assert rules.mu(256, 256) is None and rules.default_steps == 4
+    # FluxPipeline defaults to 28 steps for schnell too (its model card passes 4 explicitly).
+    assert rules.mu(256, 256) is None and rules.default_steps == 28
     ts, sig, _ = rules.schedule(4, 256, 256)
     sched = FlowMatchEulerDiscreteScheduler.from_pretrained(folder / "scheduler")
     sched.set_timesteps(sigmas=np.linspace(1.0, 0.25, 4))

@@ -90,8 +90,19 @@ def test_replica_has_the_real_layout_and_resolves_to_its_family(name):
         index = next((root / part).glob("*.safetensors.index.json"))
         assert len(shards) >= 2, (part, shards)
         assert set(read_json(index)["weight_map"].values()) == {p.name for p in shards}
-    for part in ("transformer", "vae", "text_encoder"):
+    for part in ("transformer", "vae"):
         assert read_json(root / part / "config.json") == json.loads(json.dumps(cfg[part]))
+    # transformers writes what it was given plus its normalisations (e.g. rope_type/rope_theta
+    # inside rope_scaling): every given value must be there unchanged.
+    assert _contains(read_json(root / "text_encoder" / "config.json"),
+                     json.loads(json.dumps(cfg["text_encoder"])))
+
+
+def _contains(saved, given) -> bool:
+    if isinstance(given, dict):
+        return isinstance(saved, dict) and all(k in saved and _contains(saved[k], v)
+                                               for k, v in given.items())
+    return saved == given
 
 
 @pytest.mark.parametrize("name", list(REPLICAS))

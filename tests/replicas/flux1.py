@@ -37,6 +37,8 @@ layers_per_block 2 -> 1 (4 levels: scale factor 8, norm_num_groups 32 kept). Voc
 """
 from __future__ import annotations
 
+import copy
+
 import os
 from pathlib import Path
 
@@ -156,6 +158,12 @@ RECIPE = {"seed": 20240801, "text_encoder_init_std": 0.15, "clip_merges": 400, "
 
 
 def configs(name: str) -> dict:
+    """Fresh copies of every config of the replica (transformers fills nested config dicts in
+    place when it builds a model; that must not leak into the recipe)."""
+    return copy.deepcopy(_configs(name))
+
+
+def _configs(name: str) -> dict:
     """Every config file of the replica (reduced), by component."""
     return {
         "model_index": MODEL_INDEX, "scheduler": SCHEDULER[name],

@@ -39,6 +39,8 @@ layers_per_block 2 -> 1. Vocab sizes kept (151936 / 131072).
 """
 from __future__ import annotations
 
+import copy
+
 import os
 from pathlib import Path
 
@@ -236,6 +238,12 @@ RECIPE = {"seed": 20260115, "text_encoder_init_std": 0.15, "bn_std": 0.5, "merge
 
 
 def configs(name: str) -> dict:
+    """Fresh copies of every config of the replica (transformers fills nested config dicts in
+    place when it builds a model; that must not leak into the recipe)."""
+    return copy.deepcopy(_configs(name))
+
+
+def _configs(name: str) -> dict:
     cfg = {"model_index": MODEL_INDEX[name], "scheduler": SCHEDULER,
            "transformer": {**TRANSFORMER[name], **REDUCE["transformer"]},
            "vae": {**VAE, **REDUCE["vae"]}}

@@ -36,6 +36,8 @@ downsampling kept). Vocab size 152064 kept: the configs' token ids are the real 
 """
 from __future__ import annotations
 
+import copy
+
 import os
 from pathlib import Path
 
@@ -147,6 +149,12 @@ RECIPE = {"seed": 20250804, "text_encoder_init_std": 0.15, "merges": 800}
 
 
 def configs(name: str) -> dict:
+    """Fresh copies: transformers fills nested config dicts in place (rope_scaling) when it
+    builds a model, which must not leak into the recipe or into a later comparison."""
+    return copy.deepcopy(_configs(name))
+
+
+def _configs(name: str) -> dict:
     v = VERSION[name]
     te = {**QWEN25_VL_7B, **REDUCE["text"],
           "vision_config": {**QWEN25_VL_7B["vision_config"], **REDUCE["vision"]}}

@@ -26,6 +26,8 @@ layers_per_block 2 -> 1. Vocab size 151936 kept.
 """
 from __future__ import annotations
 
+import copy
+
 import os
 from pathlib import Path
 
@@ -68,6 +70,12 @@ RECIPE = {"seed": 20251126, "text_encoder_init_std": 0.15, "pad_token_std": 0.5,
 
 
 def configs(name: str = "Z-Image-Turbo") -> dict:
+    """Fresh copies of every config of the replica (transformers fills nested config dicts in
+    place when it builds a model; that must not leak into the recipe)."""
+    return copy.deepcopy(_configs(name))
+
+
+def _configs(name: str = "Z-Image-Turbo") -> dict:
     return {"model_index": MODEL_INDEX, "scheduler": SCHEDULER,
             "transformer": {**TRANSFORMER, **REDUCE["transformer"]},
             "vae": {**VAE, **REDUCE["vae"]},
