@@ -38,7 +38,6 @@ layers_per_block 2 -> 1 (4 levels: scale factor 8, norm_num_groups 32 kept). Voc
 from __future__ import annotations
 
 import copy
-
 import os
 from pathlib import Path
 

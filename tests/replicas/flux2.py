@@ -40,9 +40,10 @@ layers_per_block 2 -> 1. Vocab sizes kept (151936 / 131072).
 from __future__ import annotations
 
 import copy
-
 import os
 from pathlib import Path
+
+from models.pixtral.replicas import MISTRAL_SMALL_31_TEMPLATE
 
 from .common import (build_replica, qwen3_chat_template, qwen_tokenizer, save_sharded,
                      strip_private, write_json)
@@ -157,69 +158,9 @@ PIXTRAL_PREPROCESSOR_CONFIG = {
     "processor_class": "PixtralProcessor", "resample": 3, "rescale_factor": 0.00392156862745098,
     "size": {"longest_edge": 1540},
 }
-#: Mistral-Small-3.1-24B-Instruct-2503's chat template (the FLUX.2-dev tokenizer's: the conversion
-#: script's AutoProcessor), with its default system prompt and strftime_now date line; the same
-#: transcription of public code pinned to that checkpoint as models/pixtral/replicas.py uses.
-MISTRAL_SMALL_31_SYSTEM = (
-    "You are Mistral Small 3, a Large Language Model (LLM) created by Mistral AI, a French "
-    "startup headquartered in Paris.\\nYour knowledge base was last updated on 2023-10-01. The "
-    "current date is \" + today + \".\\n\\nWhen you're not sure about some information, you say "
-    "that you don't have the information and don't make up anything.\\nIf the user's question is "
-    "not clear, ambiguous, or does not provide enough context for you to accurately answer the "
-    "question, you do not try to answer it right away and you rather ask the user to clarify "
-    "their request (e.g. \\\"What are some good restaurants around me?\\\" => \\\"Where are "
-    "you?\\\" or \\\"When is the next flight to Tokyo\\\" => \\\"Where do you travel from?\\\")")
-
-MISTRAL_SMALL_TEMPLATE = (
-    "{%- set today = strftime_now(\"%Y-%m-%d\") %}\n"
-    "{%- set default_system_message = \"" + MISTRAL_SMALL_31_SYSTEM + "\" %}\n\n"
-    "{{- bos_token }}\n\n"
-    "{%- if messages[0]['role'] == 'system' %}\n"
-    "    {%- if messages[0]['content'] is string %}\n"
-    "        {%- set system_message = messages[0]['content'] %}\n"
-    "    {%- else %}\n"
-    "        {%- set system_message = messages[0]['content'][0]['text'] %}\n"
-    "    {%- endif %}\n"
-    "    {%- set loop_messages = messages[1:] %}\n"
-    "{%- else %}\n"
-    "    {%- set system_message = default_system_message %}\n"
-    "    {%- set loop_messages = messages %}\n"
-    "{%- endif %}\n"
-    "{{- '[SYSTEM_PROMPT]' + system_message + '[/SYSTEM_PROMPT]' }}\n\n"
-    "{%- for message in loop_messages %}\n"
-    "    {%- if message['role'] == 'user' %}\n"
-    "        {%- if message['content'] is string %}\n"
-    "            {{- '[INST]' + message['content'] + '[/INST]' }}\n"
-    "        {%- else %}\n"
-    "            {{- '[INST]' }}\n"
-    "            {%- for block in message['content'] %}\n"
-    "                {%- if block['type'] == 'text' %}\n"
-    "                    {{- block['text'] }}\n"
-    "                {%- elif block['type'] in ['image', 'image_url'] %}\n"
-    "                    {{- '[IMG]' }}\n"
-    "                {%- else %}\n"
-    "                    {{- raise_exception('Only text and image blocks are supported in "
-    "message content!') }}\n"
-    "                {%- endif %}\n"
-    "            {%- endfor %}\n"
-    "            {{- '[/INST]' }}\n"
-    "        {%- endif %}\n"
-    "    {%- elif message['role'] == 'system' %}\n"
-    "        {%- if message['content'] is string %}\n"
-    "            {{- '[SYSTEM_PROMPT]' + message['content'] + '[/SYSTEM_PROMPT]' }}\n"
-    "        {%- else %}\n"
-    "            {{- '[SYSTEM_PROMPT]' + message['content'][0]['text'] + '[/SYSTEM_PROMPT]' }}\n"
-    "        {%- endif %}\n"
-    "    {%- elif message['role'] == 'assistant' %}\n"
-    "        {%- if message['content'] is string %}\n"
-    "            {{- message['content'] + eos_token }}\n"
-    "        {%- else %}\n"
-    "            {{- message['content'][0]['text'] + eos_token }}\n"
-    "        {%- endif %}\n"
-    "    {%- else %}\n"
-    "        {{- raise_exception('Only user, system and assistant roles are supported!') }}\n"
-    "    {%- endif %}\n"
-    "{%- endfor %}")
+# Mistral-Small-3.1's default system message and chat template: the VLM replica's transcription
+# (models/pixtral/replicas.py names its sources), the same files FLUX.2-dev's tokenizer ships.
+MISTRAL_SMALL_TEMPLATE = MISTRAL_SMALL_31_TEMPLATE
 
 REDUCE = {
     "transformer": {"num_layers": 1, "num_single_layers": 1, "num_attention_heads": 2,

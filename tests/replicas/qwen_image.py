@@ -37,7 +37,6 @@ downsampling kept). Vocab size 152064 kept: the configs' token ids are the real 
 from __future__ import annotations
 
 import copy
-
 import os
 from pathlib import Path
 

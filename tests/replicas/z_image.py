@@ -27,7 +27,6 @@ layers_per_block 2 -> 1. Vocab size 151936 kept.
 from __future__ import annotations
 
 import copy
-
 import os
 from pathlib import Path
 
