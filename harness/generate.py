@@ -30,10 +30,32 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def _tolerance(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
+    return value
+
+
+#: Parity verdicts that pass (exit 0); "close" passes only within an explicit --tolerance.
+PASSING_VERDICTS = ("bitwise", "bitwise (extension)", "pass")
+TOLERATED_VERDICTS = ("close", "close (extension)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m harness.generate",
                 description="Generate images (FLUX.1 and other diffusion families) or text (VLMs) "
-                            "with the harness; optionally compare against the reference pipeline.")
+                            "with the harness; optionally compare against the reference pipeline.",
+                epilog="exit codes: 0 done (with --parity: the verdict is bitwise / pass, or "
+                       "close within --tolerance); 2 bad input (one error line, nothing "
+                       "written); 3 with --parity: the verdict is anything else (input "
+                       "mismatch, mismatch, close without --tolerance, fail). The last line on "
+                       "stdout is a JSON summary of the run.")
     p.add_argument("--prompt", required=True, help="the prompt")
     p.add_argument("--model", default=None,
                    help="tiny model name (default tiny-flux1), a local diffusers/transformers "
@@ -76,7 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--output-dir", default=None, metavar="DIR",
                         help="where files go (default ./outputs/<timestamp>)")
     common.add_argument("--parity", action="store_true",
-                        help="also run the reference pipeline and write parity.json / parity.md")
+                        help="also run the reference pipeline and write parity.json / parity.md; "
+                             "exit 3 when the verdict is not bitwise / pass")
+    common.add_argument("--tolerance", type=_tolerance, default=None, metavar="X",
+                        help="with --parity: accept final latents within max |diff| X (verdict "
+                             "'close') for image models; raise the fixed logit bound to X for "
+                             "VLMs")
     common.add_argument("--quiet", action="store_true", help="no progress bar, one summary line")
     return p
 
@@ -275,6 +302,7 @@ def _image_parity(args, resolved, rules, denoiser, request, ctx, result, timings
         fbc["first_block_cache"] = first_block_cache_section(
             result, run_uncached(denoiser, ctx), ref)
     report = parity_report(
+        tolerance=args.tolerance,
         family=resolved.family.FAMILY,
         model={"name": resolved.name, "folder": str(resolved.path)},
         request=_request_options(request), ctx=ctx, ours=result, ref=ref, device=args.device,
@@ -297,12 +325,14 @@ def _image_parity(args, resolved, rules, denoiser, request, ctx, result, timings
 # entry point
 
 
-def _run(args, outputs: _Outputs, say) -> Path:
+def _run(args, outputs: _Outputs, say) -> tuple[Path, dict]:
     from harness.parity.report import atomic_write_json
     from models.registry import resolve
 
     if outputs.path.exists() and not outputs.path.is_dir():
         raise RequestError(f"--output-dir {str(outputs.path)!r} exists and is not a folder")
+    if args.tolerance is not None and not args.parity:
+        raise RequestError("--tolerance applies to --parity only")
     try:
         resolved = resolve(args.model, args.model_cache)
     except ValueError as exc:
@@ -316,7 +346,7 @@ def _run(args, outputs: _Outputs, say) -> Path:
         payload = _run_image(args, resolved, outputs, say)
     path = atomic_write_json(outputs.open() / "result.json", payload)
     say(f"wrote {path}")
-    return path
+    return path, payload
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -324,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     outputs = _Outputs(Path(args.output_dir) if args.output_dir else _default_output_dir())
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
     try:
-        path = _run(args, outputs, say)
+        path, payload = _run(args, outputs, say)
     except RequestError as exc:
         outputs.rollback()
         print(f"error: {exc}", file=sys.stderr)
@@ -332,9 +362,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BaseException:
         outputs.rollback()
         raise
-    if args.quiet:
-        print(f"wrote {path.parent}")
-    return 0
+    code, verdict = 0, None
+    if args.parity:
+        verdict = payload.get("parity", {}).get("verdict")
+        accepted = PASSING_VERDICTS + (TOLERATED_VERDICTS if args.tolerance else ())
+        code = 0 if verdict in accepted else 3
+    import json
+
+    print(json.dumps({"status": "ok" if code == 0 else "parity failed", "exit_code": code,
+                      "output_dir": str(path.parent), "model": payload["model"]["name"],
+                      "family": payload["model"]["family"], "files": payload.get("files", []),
+                      "seed": payload.get("seed", payload.get("request", {}).get("seed")),
+                      "parity": verdict, "tolerance": args.tolerance}), flush=True)
+    return code
 
 
 if __name__ == "__main__":

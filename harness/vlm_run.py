@@ -86,6 +86,7 @@ def validate_args(args) -> dict:
             "temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed,
             "greedy": greedy, "dtype": dtype, "device": device,
             "parity": bool(getattr(args, "parity", False)),
+            "tolerance": getattr(args, "tolerance", None),
             "quiet": bool(getattr(args, "quiet", False))}
 
 
@@ -113,7 +114,7 @@ def _parity(family, tokenizer, request, opts: dict, ours, output_dir: Path) -> d
         ours = VLMPipeline(family).generate(ctx, chunk_size=opts["chunk_size"], keep_logits=True)
     report = run_parity(family, tokenizer, greedy_req, ours, opts["chunk_size"],
                         request_dict={**_request_dict(opts), "greedy": True},
-                        num_images=len(opts["images"]))
+                        num_images=len(opts["images"]), tolerance=opts["tolerance"])
     write_report(report, output_dir)
     return report
 

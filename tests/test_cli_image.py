@@ -93,7 +93,9 @@ def test_img2img_with_parity(tmp_path):
                    "--height", "96", "--width", "128", "--steps", "5", "--seed", "3",
                    "--format", "webp", "--output-dir", str(out), "--parity", "--quiet")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == f"wrote {out}"
+    summary = json.loads(proc.stdout.strip())  # --quiet: the JSON summary is the only line
+    assert summary["output_dir"] == str(out) and summary["status"] == "ok"
+    assert summary["parity"] == "bitwise" and "image_0.webp" in summary["files"]
     with Image.open(out / "image_0.webp") as im:
         assert im.size == (128, 96)
     parity = json.loads((out / "parity.json").read_text())

@@ -245,3 +245,40 @@ def test_reference_gets_only_what_the_user_gave():
     kwargs = fx.reference().call_kwargs(req, fx.tokenizer().new_context(req))
     assert set(kwargs) == {"prompt", "num_images_per_prompt", "num_inference_steps"}
     assert np.isclose(fx.tokenizer().rules.default_guidance(False), 3.5)
+
+
+# --------------------------------------------------------------------------------------------------
+# exit codes: CI can gate on --parity
+
+
+def test_parity_exit_code_is_3_unless_bitwise(tmp_path, monkeypatch, capsys):
+    """In-process run of the command: a harness default that differs from FluxPipeline's makes
+    an input mismatch, and --parity then exits 3 (with or without --tolerance); the last stdout
+    line is the JSON summary either way."""
+    from harness.generate import main
+    from models.flux1.rules import Flux1Rules
+
+    args = ["--prompt", "a fox", "--height", "32", "--width", "32", "--steps", "2", "--seed", "0",
+            "--quiet", "--parity"]
+    assert main(args + ["--output-dir", str(tmp_path / "ok")]) == 0
+    ok = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert ok == {**ok, "status": "ok", "exit_code": 0, "parity": "bitwise"}
+
+    monkeypatch.setattr(Flux1Rules, "default_guidance_scale", 3.0)
+    for extra in ([], ["--tolerance", "0.5"]):
+        out = tmp_path / f"bad{len(extra)}"
+        assert main(args + ["--output-dir", str(out)] + extra) == 3
+        summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert summary["status"] == "parity failed" and summary["parity"] == "input mismatch"
+        assert (out / "parity.json").exists()  # the report stays: it says why
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--parity", "--tolerance", "0"], "--tolerance: must be a number > 0"),
+    (["--parity", "--tolerance", "x"], "--tolerance: must be a number > 0"),
+    (["--tolerance", "1e-3"], "--tolerance applies to --parity only"),
+])
+def test_bad_tolerance_exits_2(tmp_path, extra, message):
+    out = tmp_path / "run"
+    proc = run_cli("--prompt", "a fox", "--output-dir", str(out), *extra)
+    assert proc.returncode == 2 and message in proc.stderr and left_behind(out) == []

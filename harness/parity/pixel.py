@@ -517,13 +517,14 @@ def verdict_of(inputs: dict, outputs: dict) -> tuple[str, str | None]:
 def parity_report(*, family: str, model: dict, request: dict, ctx, ours, ref: ReferenceResult,
                   device: str, dtype: str, harness_timings: dict,
                   first_block_cache: dict | None = None,
-                  harness_encoder_inputs: dict | None = None) -> dict:
+                  harness_encoder_inputs: dict | None = None,
+                  tolerance: float | None = None) -> dict:
     """The parity.json document: the inputs both sides resolved from the request (compared
     first), then the outputs; ``first_block_cache`` is ``first_block_cache_section``'s dict when
     the harness ran the cache."""
     import torch
 
-    cmp = compare(ours, ref)
+    cmp = compare(ours, ref, CLOSE_TOLERANCE if tolerance is None else tolerance)
     inputs = compare_inputs(ctx, ref, harness_encoder_inputs)
     verdict, note = verdict_of(inputs, cmp)
     doc = {

@@ -306,7 +306,8 @@ def parity_report(*, family_name: str, request: dict, ours, ours_logits: list[An
 
 
 def run_parity(family, tokenizer, request, ours, chunk_size: int | None, *,
-               request_dict: dict | None = None, num_images: int | None = None) -> dict:
+               request_dict: dict | None = None, num_images: int | None = None,
+               tolerance: float | None = None) -> dict:
     """The parity report of a finished greedy harness run ``ours`` on ``request``: the reference
     inputs come from the folder's processor and the raw request, the floor from the reference's
     own chunked prefill."""
@@ -330,7 +331,8 @@ def run_parity(family, tokenizer, request, ours, chunk_size: int | None, *,
         family_name=family.family, request=request_dict or {}, ours=ours,
         ours_logits=ours.logits, refs=refs,
         num_images=len(ctx.images) if num_images is None else num_images, chunk_size=chunk_size,
-        inputs=compare_inputs(family, ctx, inputs), floor=floor, floor_note=note)
+        inputs=compare_inputs(family, ctx, inputs), floor=floor, floor_note=note,
+        tolerance=LOGIT_TOLERANCE if tolerance is None else tolerance)
     chunked = report["reference"].setdefault(
         "generate_chunked", {"prefill_chunk_size": k, "skipped": skipped})
     chunked["chunks_inside_image"] = cuts
