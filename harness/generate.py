@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import textwrap
 import secrets
 import shutil
 import sys
@@ -47,31 +48,80 @@ PASSING_VERDICTS = ("bitwise", "bitwise (extension)", "pass")
 TOLERATED_VERDICTS = ("close", "close (extension)")
 
 
+def _model_names() -> list[str]:
+    """Built-in model names (cheap: the registry's family packages import no torch)."""
+    from models.registry import replica_names, tiny_names
+
+    return tiny_names() + replica_names()
+
+
+def _list_models() -> None:
+    from models.registry import FAMILY_MODULES, family_module
+
+    print("built-in models (built offline on first use; any local folder or offline Hugging "
+          "Face cache id of these families works too):")
+    for name in FAMILY_MODULES:
+        fam = family_module(name)
+        names = list(fam.TINY_NAMES) + list(getattr(fam, "REPLICA_NAMES", ()))
+        print(f"  {fam.FAMILY:<11} {fam.MODALITY:<5}  {', '.join(names)}")
+
+
+def _print_version() -> None:
+    from importlib import metadata
+
+    import harness
+
+    libs = []
+    for pkg in ("torch", "diffusers", "transformers", "numba", "numpy"):
+        try:
+            libs.append(f"{pkg} {metadata.version(pkg)}")
+        except metadata.PackageNotFoundError:
+            libs.append(f"{pkg} (not installed)")
+    print(f"harness {harness.__version__} ({', '.join(libs)})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m harness.generate",
                 description="Generate images (FLUX.1 and other diffusion families) or text (VLMs) "
                             "with the harness; optionally compare against the reference pipeline.",
-                epilog="exit codes: 0 done (with --parity: the verdict is bitwise / pass, or "
-                       "close within --tolerance); 2 bad input (one error line, nothing "
-                       "written); 3 with --parity: the verdict is anything else (input "
-                       "mismatch, mismatch, close without --tolerance, fail). The last line on "
-                       "stdout is a JSON summary of the run.")
-    p.add_argument("--prompt", required=True, help="the prompt")
+                formatter_class=argparse.RawDescriptionHelpFormatter,
+                epilog="\n\n".join(textwrap.fill(t, 79, break_on_hyphens=False) for t in (
+                    "exit codes: 0 done (with --parity: the verdict is bitwise / pass, or "
+                    "close within --tolerance); 2 bad input (one error line, nothing "
+                    "written); 3 with --parity: the verdict is anything else (input "
+                    "mismatch, mismatch, close without --tolerance, fail). The last line on "
+                    "stdout is a JSON summary of the run.",
+                    "built-in models (--list-models shows their families): "
+                    + ", ".join(_model_names()) + ".")))
+    p.add_argument("--prompt", default=None, help="the prompt (required to generate)")
     p.add_argument("--model", default=None,
-                   help="tiny model name (default tiny-flux1), a local diffusers/transformers "
-                        "folder, or an offline Hugging Face cache id")
+                   help="a built-in model name (default tiny-flux1; see --list-models), a local "
+                        "diffusers/transformers folder, or an offline Hugging Face cache id")
     p.add_argument("--model-cache", default=None, metavar="DIR",
-                   help="where tiny models are built (default $HARNESS_MODEL_CACHE or ~/.cache)")
-    img = p.add_argument_group("image generation")
-    img.add_argument("--negative-prompt", default=None)
-    img.add_argument("--height", type=int, default=None, help="pixels (model default if omitted)")
-    img.add_argument("--width", type=int, default=None, help="pixels (model default if omitted)")
-    img.add_argument("--steps", type=int, default=None, help="denoising steps")
-    img.add_argument("--guidance-scale", type=float, default=None)
+                   help="where built-in models are built (default $HARNESS_MODEL_CACHE, else "
+                        "~/.cache/harness/models)")
+    p.add_argument("--list-models", action="store_true",
+                   help="list the built-in models and their families, then exit")
+    p.add_argument("--version", action="store_true",
+                   help="print the harness's and its libraries' versions, then exit")
+    img = p.add_argument_group("image generation (omitted options take the model's pipeline "
+                               "defaults, as diffusers does)")
+    img.add_argument("--negative-prompt", default=None, help="negative prompt (default: none)")
+    img.add_argument("--height", type=int, default=None,
+                     help="pixels (default: the pipeline's, 128 x VAE scale factor = 1024 for "
+                          "FLUX.1 / FLUX.2 / Qwen-Image, 1024 for Z-Image; the input image's "
+                          "size for edit / Z-Image img2img)")
+    img.add_argument("--width", type=int, default=None, help="pixels (default: as --height)")
+    img.add_argument("--steps", type=int, default=None,
+                     help="denoising steps (default: the pipeline's: FLUX.1 28, FLUX.2 / "
+                          "Qwen-Image / Z-Image 50)")
+    img.add_argument("--guidance-scale", type=float, default=None,
+                     help="(default: the pipeline's: FLUX.1 3.5, its img2img 7.0, FLUX.2 4.0, "
+                          "Z-Image 5.0; unused by Qwen-Image)")
     img.add_argument("--true-cfg-scale", type=float, default=None,
                      help="> 1 with --negative-prompt runs true classifier-free guidance "
                           "(default: the model's own, 1.0 for FLUX.1, 4.0 for Qwen-Image)")
-    img.add_argument("--num-images", type=int, default=1, help="images per prompt")
+    img.add_argument("--num-images", type=int, default=1, help="images per prompt (default 1)")
     img.add_argument("--strength", type=float, default=None,
                      help="img2img strength in (0, 1] (default 0.6)")
     img.add_argument("--cfg-truncation", type=float, default=None,
@@ -79,22 +129,27 @@ def build_parser() -> argparse.ArgumentParser:
     img.add_argument("--cfg-normalization", type=float, default=None,
                      help="Z-Image: cap |pred| at factor x |pos| (0 = off, default)")
     img.add_argument("--residual-threshold", type=float, default=None,
-                     help="first-block cache threshold (> 0; default: the model's own)")
+                     help="first-block cache threshold (> 0; default: off)")
     img.add_argument("--format", default=None, help="png (default), jpeg or webp")
-    img.add_argument("--noise", default="torch", help="torch (diffusers' noise) or numpy (MAX's)")
+    img.add_argument("--noise", default="torch",
+                     help="torch (diffusers' noise, default) or numpy (MAX's)")
     img.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up call")
     txt = p.add_argument_group("text generation (VLMs)")
-    txt.add_argument("--max-new-tokens", type=int, default=None)
-    txt.add_argument("--chunk-size", type=int, default=None, help="prefill chunk size")
-    txt.add_argument("--temperature", type=float, default=None)
-    txt.add_argument("--top-k", type=int, default=None)
-    txt.add_argument("--top-p", type=float, default=None)
+    txt.add_argument("--max-new-tokens", type=int, default=None, help="(default 16)")
+    txt.add_argument("--chunk-size", type=int, default=None,
+                     help="prefill chunk size (default: the whole prompt in one chunk)")
+    txt.add_argument("--temperature", type=float, default=None,
+                     help="(default 0: greedy; > 0 samples, with --seed)")
+    txt.add_argument("--top-k", type=int, default=None, help="(default 0: off)")
+    txt.add_argument("--top-p", type=float, default=None, help="(default 1.0: off)")
     common = p.add_argument_group("common")
     common.add_argument("--image", action="append", default=None, metavar="PATH",
                         help="input image (img2img for image models; repeatable for VLMs)")
-    common.add_argument("--seed", type=int, default=None, help="random seed (printed if omitted)")
-    common.add_argument("--device", default="cpu", help="cpu or cuda")
-    common.add_argument("--dtype", default="float32", help="float32 or bfloat16")
+    common.add_argument("--seed", type=int, default=None,
+                        help="random seed (default: one is picked and printed)")
+    common.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    common.add_argument("--dtype", default="float32",
+                        help="float32 (default) or bfloat16 (VLMs also float16)")
     common.add_argument("--output-dir", default=None, metavar="DIR",
                         help="where files go (default ./outputs/<timestamp>)")
     common.add_argument("--parity", action="store_true",
@@ -350,7 +405,14 @@ def _run(args, outputs: _Outputs, say) -> tuple[Path, dict]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.list_models or args.version:
+        _print_version() if args.version else None
+        _list_models() if args.list_models else None
+        return 0
+    if args.prompt is None:
+        parser.error("the following arguments are required: --prompt")
     outputs = _Outputs(Path(args.output_dir) if args.output_dir else _default_output_dir())
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
     try:

@@ -39,8 +39,28 @@ def test_help_does_not_import_torch():
     assert proc.returncode == 0, proc.stderr
     for flag in ("--prompt", "--negative-prompt", "--true-cfg-scale", "--num-images", "--image",
                  "--strength", "--format", "--parity", "--max-new-tokens", "--chunk-size",
-                 "--top-p", "--model-cache", "--quiet"):
+                 "--top-p", "--model-cache", "--quiet", "--tolerance", "--list-models",
+                 "--version"):
         assert flag in proc.stdout
+    # every default is stated, the exit codes and the built-in models are listed
+    for text in ("default 1)", "(default 0.6)", "FLUX.1 28", "float32 (default)",
+                 "exit codes: 0", "3 with", "tiny-z-image",
+                 "replica-gemma-3-4b-it"):
+        assert text in proc.stdout, text
+
+
+def test_version_and_list_models_need_no_prompt():
+    version = run_cli("--version")
+    assert version.returncode == 0 and version.stdout.startswith("harness 0.")
+    assert "torch" in version.stdout and "diffusers" in version.stdout
+    models = run_cli("--list-models")
+    assert models.returncode == 0
+    rows = {line.split()[0]: line for line in models.stdout.splitlines()[1:]}
+    assert "tiny-flux1" in rows["flux1"] and "replica-pixtral-12b" in rows["pixtral"]
+    assert "text" in rows["llava"] and "image" in rows["z_image"]
+    missing = run_cli()
+    assert missing.returncode == 2
+    assert missing.stderr.strip() == "error: the following arguments are required: --prompt"
 
 
 def test_txt2img_with_parity(tmp_path):
