@@ -11,6 +11,7 @@ import textwrap
 import secrets
 import shutil
 import sys
+import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -151,7 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--dtype", default="float32",
                         help="float32 (default) or bfloat16 (VLMs also float16)")
     common.add_argument("--output-dir", default=None, metavar="DIR",
-                        help="where files go (default ./outputs/<timestamp>)")
+                        help="where files go (default ./outputs/<timestamp>); must be new or "
+                             "empty unless --overwrite")
+    common.add_argument("--overwrite", action="store_true",
+                        help="replace a previous run's files in --output-dir as a set (the old "
+                             "set stays whole until the new one is complete)")
     common.add_argument("--parity", action="store_true",
                         help="also run the reference pipeline and write parity.json / parity.md; "
                              "exit 3 when the verdict is not bitwise / pass")
@@ -168,31 +173,77 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class _Outputs:
-    """Tracks what this run added to the output folder so a failure can take it all back."""
+    """The output folder, written as a set: a run writes into a staging folder beside it and moves
+    in at the end, so an interrupt or an error leaves the previous set (or nothing) in place,
+    never a mix. A non-empty folder is refused unless ``overwrite`` and it holds a previous run
+    (its result.json); then the new set replaces the old one in one atomic exchange."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, overwrite: bool = False):
         self.path = path
-        self.created = not path.exists()
-        self.before = set(os.listdir(path)) if path.is_dir() else set()
+        self.overwrite = overwrite
+        self.staging: Path | None = None
+
+    def check(self) -> None:
+        """Refuse, before any work, a folder this run may not write (RequestError)."""
+        path = self.path
+        if path.exists() and not path.is_dir():
+            raise RequestError(f"--output-dir {str(path)!r} exists and is not a folder")
+        if not path.is_dir() or not os.listdir(path):
+            return
+        if not self.overwrite:
+            raise RequestError(f"--output-dir {str(path)!r} is not empty; pass --overwrite to "
+                               f"replace a previous run's files, or choose another folder")
+        if not (path / "result.json").is_file():
+            raise RequestError(f"--overwrite replaces a previous run's files, but "
+                               f"{str(path)!r} holds no result.json; refusing to replace it")
 
     def open(self) -> Path:
-        self.path.mkdir(parents=True, exist_ok=True)
-        return self.path
+        """The staging folder this run writes into (created on first use)."""
+        if self.staging is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.staging = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.staging-",
+                                                 dir=self.path.parent))
+        return self.staging
+
+    def shown(self, path: Path) -> Path:
+        """Where a staged file will be once the run is committed (for messages)."""
+        return self.path / Path(path).name
+
+    def commit(self) -> None:
+        """Move the staged set in: a plain rename, or an atomic exchange with the old set."""
+        staged = self.open()
+        os.chmod(staged, 0o755)  # mkdtemp makes it private
+        if not self.path.exists():
+            os.rename(staged, self.path)
+        else:
+            _exchange(staged, self.path)  # staged now holds the previous run's files
+            shutil.rmtree(staged, ignore_errors=True)
+        self.staging = None
 
     def rollback(self) -> None:
-        if not self.path.is_dir():
+        if self.staging is not None:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            self.staging = None
+
+
+def _exchange(a: Path, b: Path) -> None:
+    """Swap two folders atomically (Linux renameat2 RENAME_EXCHANGE); elsewhere, two renames."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        renameat2 = None
+    if renameat2 is not None:
+        at_fdcwd, rename_exchange = -100, 2
+        if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
             return
-        for name in set(os.listdir(self.path)) - self.before:
-            target = self.path / name
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target, ignore_errors=True)
-            else:
-                target.unlink(missing_ok=True)
-        if self.created:
-            try:
-                self.path.rmdir()
-            except OSError:
-                pass
+    aside = b.with_name(f".{b.name}.previous-{os.getpid()}")
+    os.rename(b, aside)
+    os.rename(a, b)
+    os.rename(aside, a)
 
 
 def _default_output_dir() -> Path:
@@ -289,7 +340,7 @@ def _run_image(args, resolved, outputs: _Outputs, say) -> dict:
         content = ImageContent.from_array(im, ctx.output_format)
         path = atomic_write_bytes(out_dir / f"image_{i}.{ctx.output_format}", content.data)
         files.append(path.name)
-        say(f"wrote {path}")
+        say(f"wrote {outputs.shown(path)}")
 
     steps = result.timings["steps_s"]
     timings = {
@@ -320,8 +371,9 @@ def _run_image(args, resolved, outputs: _Outputs, say) -> dict:
             f"computed, {cache['reused']} reused ({cache['skipped_block_calls']} block calls "
             f"skipped)")
     if args.parity:
-        payload["parity"] = _image_parity(args, resolved, rules, denoiser, request, ctx, result,
-                                          timings, out_dir, files, say)
+        payload["parity"] = _image_parity(
+            args, resolved, rules, denoiser, request, ctx, result, timings, out_dir, files,
+            lambda msg: say(msg.replace(str(out_dir), str(outputs.path))))
         files += [f"reference_{i}.png" for i in range(len(result.images))]
         files += ["parity.json", "parity.md"]
     timings["total_s"] = time.perf_counter() - t_start
@@ -384,8 +436,7 @@ def _run(args, outputs: _Outputs, say) -> tuple[Path, dict]:
     from harness.parity.report import atomic_write_json
     from models.registry import resolve
 
-    if outputs.path.exists() and not outputs.path.is_dir():
-        raise RequestError(f"--output-dir {str(outputs.path)!r} exists and is not a folder")
+    outputs.check()
     if args.tolerance is not None and not args.parity:
         raise RequestError("--tolerance applies to --parity only")
     try:
@@ -395,12 +446,11 @@ def _run(args, outputs: _Outputs, say) -> tuple[Path, dict]:
     if resolved.modality == "text":
         from harness import vlm_run
 
-        payload = vlm_run.run(args, resolved, outputs.path)
-        outputs.open()
+        payload = vlm_run.run(args, resolved, outputs.open(), shown_dir=outputs.path)
     else:
         payload = _run_image(args, resolved, outputs, say)
     path = atomic_write_json(outputs.open() / "result.json", payload)
-    say(f"wrote {path}")
+    say(f"wrote {outputs.shown(path)}")
     return path, payload
 
 
@@ -413,10 +463,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.prompt is None:
         parser.error("the following arguments are required: --prompt")
-    outputs = _Outputs(Path(args.output_dir) if args.output_dir else _default_output_dir())
+    outputs = _Outputs(Path(args.output_dir) if args.output_dir else _default_output_dir(),
+                       overwrite=args.overwrite)
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
     try:
-        path, payload = _run(args, outputs, say)
+        _, payload = _run(args, outputs, say)
+        outputs.commit()
     except RequestError as exc:
         outputs.rollback()
         print(f"error: {exc}", file=sys.stderr)
@@ -432,7 +484,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import json
 
     print(json.dumps({"status": "ok" if code == 0 else "parity failed", "exit_code": code,
-                      "output_dir": str(path.parent), "model": payload["model"]["name"],
+                      "output_dir": str(outputs.path), "model": payload["model"]["name"],
                       "family": payload["model"]["family"], "files": payload.get("files", []),
                       "seed": payload.get("seed", payload.get("request", {}).get("seed")),
                       "parity": verdict, "tolerance": args.tolerance}), flush=True)

@@ -125,7 +125,7 @@ def _request_dict(opts: dict) -> dict:
     return {k: opts[k] for k in keys}
 
 
-def run(args, resolved, output_dir: Path) -> dict:
+def run(args, resolved, output_dir: Path, shown_dir: Path | None = None) -> dict:
     """Serve one text-generation request with a VLM family; return the result.json payload."""
     opts = validate_args(args)
     from harness.env import offline_env
@@ -182,7 +182,7 @@ def run(args, resolved, output_dir: Path) -> dict:
                   if report["verdict"] == "input mismatch" else
                   f"tokens equal {report['tokens_equal']}, max |Δlogit| "
                   f"{report['max_abs_logit_diff']:.3g} (bound {report['tolerance']['bound']:.3g})")
-        say(f"parity: {report['verdict']} ({detail}); wrote {Path(output_dir) / 'parity.json'}")
+        say(f"parity: {report['verdict']} ({detail}); wrote {Path(shown_dir or output_dir) / 'parity.json'}")
     say(f"load {load_s:.2f}s  prefill {result.prefill_s:.3f}s  decode {result.decode_s:.3f}s  "
         f"({n} tokens)  total {total:.2f}s")
     return payload

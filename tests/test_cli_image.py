@@ -169,3 +169,56 @@ def test_bad_input_keeps_an_existing_output_dir_untouched(tmp_path):
     proc = run_cli("--prompt", "a cat", "--width", "30", "--output-dir", str(out))
     assert proc.returncode == 2
     assert left_behind(out) == ["keep.txt"]
+
+
+# --------------------------------------------------------------------------------------------------
+# output folders are written as a set
+
+
+def test_a_run_replaces_a_previous_run_only_with_overwrite(tmp_path):
+    out = tmp_path / "run"
+    base = ("--prompt", "a fox", "--height", "32", "--width", "32", "--steps", "2", "--seed", "1",
+            "--output-dir", str(out), "--quiet")
+    first = run_cli(*base, "--num-images", "2")
+    assert first.returncode == 0, first.stderr
+    assert left_behind(out) == ["image_0.png", "image_1.png", "result.json"]
+    again = run_cli(*base)
+    assert again.returncode == 2 and "is not empty; pass --overwrite" in again.stderr
+    assert left_behind(out) == ["image_0.png", "image_1.png", "result.json"]
+    replaced = run_cli(*base, "--overwrite", "--format", "jpeg")
+    assert replaced.returncode == 0, replaced.stderr
+    # the new set as a whole: no stale image_1.png from the first run
+    assert left_behind(out) == ["image_0.jpeg", "result.json"]
+    assert json.loads((out / "result.json").read_text())["files"] == ["image_0.jpeg"]
+    assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []  # no staging left
+
+
+def test_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep")
+    proc = run_cli("--prompt", "a fox", "--output-dir", str(out), "--overwrite")
+    assert proc.returncode == 2 and "holds no result.json" in proc.stderr
+    assert left_behind(out) == ["notes.txt"]
+
+
+def test_an_interrupt_leaves_the_previous_set_whole(tmp_path, monkeypatch):
+    """KeyboardInterrupt while the new run writes its last file: the old set stays as it was and
+    the half-written new one is gone."""
+    import harness.parity.report as report
+    from harness.generate import main
+
+    out = tmp_path / "run"
+    args = ["--prompt", "a fox", "--height", "32", "--width", "32", "--steps", "2", "--seed",
+            "1", "--output-dir", str(out), "--quiet"]
+    assert main(args + ["--num-images", "2"]) == 0
+    before = {p: (out / p).read_bytes() for p in left_behind(out)}
+
+    def interrupted(path, payload):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "atomic_write_json", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        main(args + ["--overwrite", "--seed", "2"])
+    assert {p: (out / p).read_bytes() for p in left_behind(out)} == before
+    assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []

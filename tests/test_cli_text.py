@@ -95,3 +95,4 @@ def test_bad_input_exits_2_and_writes_nothing(pictures, tmp_path, extra, message
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and message in lines[0], proc.stderr
     assert not out.exists()
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]  # no staging folder left
