@@ -115,6 +115,15 @@ def _parity(family, tokenizer, request, opts: dict, ours, output_dir: Path) -> d
     report = run_parity(family, tokenizer, greedy_req, ours, opts["chunk_size"],
                         request_dict={**_request_dict(opts), "greedy": True},
                         num_images=len(opts["images"]), tolerance=opts["tolerance"])
+    import torch
+
+    report.update(device=opts["device"], dtype=opts["dtype"],
+                  torch_threads=torch.get_num_threads(), sampling_note=None)
+    if not opts["greedy"]:
+        report["sampling_note"] = (
+            f"the run itself sampled (temperature {opts['temperature']:g}, top-k {opts['top_k']}, "
+            f"top-p {opts['top_p']:g}, seed {opts['seed']}); parity compares a greedy run of the "
+            f"same request: sampling parity is not implemented")
     write_report(report, output_dir)
     return report
 
@@ -171,13 +180,22 @@ def run(args, resolved, output_dir: Path, shown_dir: Path | None = None) -> dict
         "encoder_calls": result.encoder_calls,
         "timings": {"load": load_s, "prefill": result.prefill_s, "decode": result.decode_s,
                     "total": total, "per_token": result.decode_s / max(1, n - 1)},
+        "resolved": {"prompt_tokens": len(prompt_ids), "images": len(ctx.images),
+                     "max_new_tokens": opts["max_new_tokens"],
+                     "chunk_size": opts["chunk_size"] or len(prompt_ids),
+                     "temperature": opts["temperature"], "top_k": opts["top_k"],
+                     "top_p": opts["top_p"], "seed": opts["seed"], "greedy": opts["greedy"]},
+        "device": opts["device"], "dtype": opts["dtype"],
+        "torch_threads": _versions()["torch_threads"],
         "versions": _versions(),
     }
     if opts["parity"]:
         report = _parity(family, tokenizer, request, opts, result, Path(output_dir))
         payload["parity"] = {k: report[k] for k in ("verdict", "verdict_note", "output_verdict",
                                                      "tokens_equal", "max_abs_logit_diff",
-                                                     "first_divergent_token")}
+                                                     "first_divergent_token", "sampling_note")}
+        if report["sampling_note"]:
+            say(f"note: {report['sampling_note']}")
         detail = (f"first input difference: {report['verdict_note']}"
                   if report["verdict"] == "input mismatch" else
                   f"tokens equal {report['tokens_equal']}, max |Δlogit| "

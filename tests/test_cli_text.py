@@ -53,6 +53,11 @@ def test_generate_with_parity(pictures, tmp_path):
         assert key in parity
     assert parity["verdict"] == "pass" and parity["max_abs_logit_diff"] <= 1e-4
     assert parity["chunks"]["inside_image"] > 0 and parity["encoder_calls"]["harness"] == 2
+    # honest reports: where and how it ran, on both files
+    for doc in (result, parity):
+        assert doc["device"] == "cpu" and doc["dtype"] == "float32" and doc["torch_threads"] >= 1
+    assert result["resolved"]["chunk_size"] == 7 and result["resolved"]["greedy"]
+    assert parity["sampling_note"] is None
     assert (out / "parity.md").read_text().startswith("# VLM parity")
 
 
@@ -72,6 +77,12 @@ def test_local_folder_and_sampling(pictures, tmp_path):
     proc2 = _cli(*args[:-1], str(again))
     assert proc2.returncode == 0, proc2.stderr
     assert json.loads((again / "result.json").read_text())["token_ids"] == result["token_ids"]
+    # --parity with sampling flags says that it compares a greedy run instead of doing so silently
+    checked = tmp_path / "q3"
+    proc3 = _cli(*args[:-1], str(checked), "--parity")
+    assert proc3.returncode == 0, proc3.stderr
+    note = json.loads((checked / "parity.json").read_text())["sampling_note"]
+    assert "sampling parity is not implemented" in note and "temperature 0.8" in note
 
 
 @pytest.mark.parametrize("extra, message", [

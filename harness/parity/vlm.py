@@ -344,6 +344,8 @@ def _markdown(report: dict) -> str:
     lines = [f"# VLM parity: {report['family']} — **{report['verdict']}**", ""]
     if report.get("verdict_note"):
         lines += [report["verdict_note"], ""]
+    if report.get("sampling_note"):
+        lines += [f"Note: {report['sampling_note']}.", ""]
     inputs = report.get("input_comparison")
     if inputs is not None:
         ids = inputs["prompt_ids"]
