@@ -44,6 +44,26 @@ def _tolerance(text: str) -> float:
     return value
 
 
+#: Request fields as the command line spells them: errors name the flag the user typed.
+_FLAGS = {"num_inference_steps": "--steps", "num_images_per_prompt": "--num-images",
+          "guidance_scale": "--guidance-scale", "true_cfg_scale": "--true-cfg-scale",
+          "negative_prompt": "--negative-prompt", "cfg_truncation": "--cfg-truncation",
+          "cfg_normalization": "--cfg-normalization", "residual_threshold": "--residual-threshold",
+          "output_format": "--format", "noise convention": "--noise", "input_image": "--image",
+          "input_images": "--image", "strength": "--strength", "height": "--height",
+          "width": "--width", "seed": "--seed", "prompt": "--prompt"}
+
+
+def _as_typed(message: str) -> str:
+    """An error that starts with a request field's name, with the flag's name instead."""
+    import re
+
+    for field, flag in _FLAGS.items():
+        if re.match(rf"{re.escape(field)}\b", message):
+            return flag + message[len(field):]
+    return message
+
+
 #: Parity verdicts that pass (exit 0); "close" passes only within an explicit --tolerance.
 PASSING_VERDICTS = ("bitwise", "bitwise (extension)", "pass")
 TOLERATED_VERDICTS = ("close", "close (extension)")
@@ -471,7 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         outputs.commit()
     except RequestError as exc:
         outputs.rollback()
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_as_typed(str(exc))}", file=sys.stderr)
         return 2
     except BaseException:
         outputs.rollback()

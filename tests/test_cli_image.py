@@ -129,8 +129,8 @@ def test_img2img_with_parity(tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["--height", "100"], "height must be a multiple of 16"),
-    (["--steps", "0"], "num_inference_steps must be an integer > 0"),
-    (["--format", "gif"], "output_format 'gif' is not supported"),
+    (["--steps", "0"], "--steps must be an integer > 0"),
+    (["--format", "gif"], "--format 'gif' is not supported"),
     (["--prompt", ""], "prompt must be a non-empty string"),
     (["--strength", "1.5", "--image", "IMG"], "strength must be in (0, 1]"),
     (["--image", "/no/such/picture.png"], "input image not found"),
@@ -152,6 +152,7 @@ def test_bad_input_exits_2_with_one_line_and_no_files(args, message, tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
     assert not out.exists()
+    assert "num_inference_steps" not in lines[0] and "output_format" not in lines[0]  # flags
 
 
 def test_output_dir_that_is_a_file_is_refused(tmp_path):

@@ -464,5 +464,5 @@ def test_cli_txt2img_with_parity_and_bad_size(tmp_path):
                    "--output-dir", str(bad))
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: height must be a multiple of 16")
+    assert len(lines) == 1 and lines[0].startswith("error: --height must be a multiple of 16")
     assert not bad.exists()
