@@ -63,7 +63,11 @@ def tiny_model(model_cls, cfg, recipe: dict, *, eos, pad):
 
 
 def save_all(folder: Path, *parts) -> None:
-    """``save_pretrained(folder)`` of model, tokenizer and processor, in that order."""
+    """``save_pretrained(folder)`` of model, tokenizer and processor, in that order (without
+    transformers' "Writing model shards" bar: a tiny build is no long job)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     for part in parts:
         part.save_pretrained(folder)
 
@@ -287,6 +291,9 @@ def build_replica(folder: Path, spec: dict, model_cls) -> None:
     redraw_weights(model, spec["std"], spec["seed"])
     dtype = cfg.get("torch_dtype") or cfg.get("dtype") or "float32"
     model.to(getattr(torch, dtype))
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Writing model shards": noise for a build of seconds
     model.save_pretrained(str(folder), max_shard_size=spec.get("shard", "8MB"))
     # save_pretrained rewrote the configs in transformers' current layout: put the real
     # repository's files (shrunk) back, so loading goes through the real layout.

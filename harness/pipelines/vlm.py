@@ -99,9 +99,15 @@ class VLMPipeline:
     """Chunked prefill + decode of one request at a time over a loaded ``VLMFamily``."""
 
     def __init__(self, family) -> None:
+        import inspect
+
         self.family = family
         self.model = family.model
         self.embed = family.model.get_input_embeddings()
+        # transformers >= 5.24 names the KV cache argument ``cache`` (``past_key_values`` still
+        # works there, with a FutureWarning on every run): use whichever the model takes.
+        params = inspect.signature(type(self.model).forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
 
     def _new_cache(self):
         from transformers import DynamicCache
@@ -150,7 +156,7 @@ class VLMPipeline:
             inside = ctx.compute_image_aligned_idx(end) != end
             embeds = self._chunk_embeds(ctx, cache, layout, start, end)
             out = self.model(inputs_embeds=embeds, position_ids=positions[..., start:end],
-                             past_key_values=kv, use_cache=True, logits_to_keep=1,
+                             use_cache=True, logits_to_keep=1, **{self._cache_kw: kv},
                              **fam.chunk_kwargs(ctx, start, end))
             result.chunks.append((start, end))
             result.chunks_inside_image += int(inside)
@@ -210,7 +216,7 @@ class VLMPipeline:
                     break
                 step_ids.fill_(token)
                 col = ctx.tokens.current_position - 1 - first
-                logits = model(input_ids=step_ids, past_key_values=kv, use_cache=True,
+                logits = model(input_ids=step_ids, use_cache=True, **{self._cache_kw: kv},
                                position_ids=positions[..., col:col + 1],
                                logits_to_keep=1).logits[0, -1]
             result.decode_s = time.perf_counter() - t1
