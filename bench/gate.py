@@ -12,7 +12,6 @@ Used by ``python -m bench check | compare | report`` (``bench/__main__.py``).
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import statistics
@@ -225,7 +224,3 @@ def load_runs(root: Path | None = None) -> list[dict]:
         except (OSError, ValueError):
             continue
     return runs
-
-
-def finite(x: float) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)

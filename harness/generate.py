@@ -6,6 +6,7 @@ modules (torch, diffusers, transformers) are imported only on the run path, neve
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import textwrap
 import secrets
@@ -391,9 +392,8 @@ def _run_image(args, resolved, outputs: _Outputs, say) -> dict:
             f"computed, {cache['reused']} reused ({cache['skipped_block_calls']} block calls "
             f"skipped)")
     if args.parity:
-        payload["parity"] = _image_parity(
-            args, resolved, rules, denoiser, request, ctx, result, timings, out_dir, files,
-            lambda msg: say(msg.replace(str(out_dir), str(outputs.path))))
+        payload["parity"] = _image_parity(args, resolved, rules, denoiser, request, ctx, result,
+                                          timings, outputs, files, say)
         files += [f"reference_{i}.png" for i in range(len(result.images))]
         files += ["parity.json", "parity.md"]
     timings["total_s"] = time.perf_counter() - t_start
@@ -414,7 +414,7 @@ def _request_options(request) -> dict:
     return request_options(request)
 
 
-def _image_parity(args, resolved, rules, denoiser, request, ctx, result, timings, out_dir, files,
+def _image_parity(args, resolved, rules, denoiser, request, ctx, result, timings, outputs, files,
                   say) -> dict:
     from harness.parity.pixel import (first_block_cache_section, parity_report, run_uncached,
                                       write_parity)
@@ -438,8 +438,8 @@ def _image_parity(args, resolved, rules, denoiser, request, ctx, result, timings
             "new_context_s", "prepare_s", "decode_s")} | {"total_s": result.timings["total_s"],
                                                           "steps_s": timings["steps_s"]},
         **fbc)
-    for path in write_parity(out_dir, report, ref, files):
-        say(f"wrote {path}")
+    for path in write_parity(outputs.open(), report, ref, files):
+        say(f"wrote {outputs.shown(path)}")
     say(f"parity: {report['verdict']} (final latents max |diff| "
         f"{report['final_latents_max_abs_diff']}, first divergent step "
         f"{report['first_divergent_step']}) vs {report['reference']['pipeline']}"
@@ -452,7 +452,7 @@ def _image_parity(args, resolved, rules, denoiser, request, ctx, result, timings
 # entry point
 
 
-def _run(args, outputs: _Outputs, say) -> tuple[Path, dict]:
+def _run(args, outputs: _Outputs, say) -> dict:
     from harness.parity.report import atomic_write_json
     from models.registry import resolve
 
@@ -471,15 +471,17 @@ def _run(args, outputs: _Outputs, say) -> tuple[Path, dict]:
         payload = _run_image(args, resolved, outputs, say)
     path = atomic_write_json(outputs.open() / "result.json", payload)
     say(f"wrote {outputs.shown(path)}")
-    return path, payload
+    return payload
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.list_models or args.version:
-        _print_version() if args.version else None
-        _list_models() if args.list_models else None
+        if args.version:
+            _print_version()
+        if args.list_models:
+            _list_models()
         return 0
     if args.prompt is None:
         parser.error("the following arguments are required: --prompt")
@@ -487,7 +489,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                        overwrite=args.overwrite)
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
     try:
-        _, payload = _run(args, outputs, say)
+        payload = _run(args, outputs, say)
         outputs.commit()
     except RequestError as exc:
         outputs.rollback()
@@ -501,8 +503,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         verdict = payload.get("parity", {}).get("verdict")
         accepted = PASSING_VERDICTS + (TOLERATED_VERDICTS if args.tolerance else ())
         code = 0 if verdict in accepted else 3
-    import json
-
     print(json.dumps({"status": "ok" if code == 0 else "parity failed", "exit_code": code,
                       "output_dir": str(outputs.path), "model": payload["model"]["name"],
                       "family": payload["model"]["family"], "files": payload.get("files", []),

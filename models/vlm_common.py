@@ -307,3 +307,14 @@ def build_replica(folder: Path, spec: dict, model_cls) -> None:
     replica_tokenizer(folder, spec["tokenizer"])
     if not (folder / "model.safetensors.index.json").is_file():
         raise RuntimeError(f"replica {folder.name}: expected sharded safetensors")
+
+
+def named_replica_path(name: str, replicas: dict, model_class: Callable[[dict], type],
+                       cache_dir=None) -> Path:
+    """Folder of replica ``name`` (one of ``replicas``: name -> spec), built on first use with
+    ``build_replica`` and ``model_class(spec)``, keyed by its spec."""
+    spec = replicas.get(name)
+    if spec is None:
+        raise ValueError(f"unknown replica {name!r}; known: {', '.join(replicas)}")
+    return tiny_build(name, tuple(replicas), {"replica": name, "version": 1, **spec},
+                      lambda folder: build_replica(folder, spec, model_class(spec)), cache_dir)

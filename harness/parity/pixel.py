@@ -214,10 +214,12 @@ class ReferenceRunner:
         """The options among ``names`` the user set in ``request`` (None: left to the pipeline)."""
         return {n: getattr(request, n) for n in names if getattr(request, n) is not None}
 
-    def extension(self, request, ctx) -> str | None:
-        """Why the reference cannot take the user's request as it is, if it cannot (then
-        ``call_kwargs`` hands it the harness's input instead and the report says so)."""
-        return None
+    def prepare(self, request, ctx) -> tuple[dict, str | None]:
+        """``(call_kwargs, extension)``: the pipeline's arguments, and why the reference cannot
+        take the user's request as it is, if it cannot (then the arguments carry the harness's
+        input instead and the report says so). A family that must look at the input to tell
+        overrides this, so the input is loaded once."""
+        return self.call_kwargs(request, ctx), None
 
     def start_latents(self, ctx, initial_latents: np.ndarray | None) -> np.ndarray:
         """What ``latents=`` gets with numpy noise: the context's packed noise, or for img2img
@@ -243,7 +245,7 @@ class ReferenceRunner:
 
         pipe = self.pipeline(**(self.pipeline_key(ctx) | key))
         record = StepRecorder()
-        kwargs: dict[str, Any] = self.call_kwargs(request, ctx)
+        kwargs, extension = self.prepare(request, ctx)
         given = _summary(kwargs)
         kwargs.update(output_type="np", callback_on_step_end=record,
                       callback_on_step_end_tensor_inputs=["latents"])
@@ -271,7 +273,7 @@ class ReferenceRunner:
             pipeline=type(pipe).__name__, inputs=inputs, images=images, decoded=decoded,
             **record.result_fields(), total_s=total, first_block_cache=fbc, given=given,
             settings=self._settings(pipe, kwargs, images, record),
-            extension=self.extension(request, ctx), encoder_inputs=encoder_inputs)
+            extension=extension, encoder_inputs=encoder_inputs)
 
     def harness_encoder_inputs(self, ctx) -> dict:
         """What the harness feeds each text encoder, in the order the pipeline calls them:

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..vlm_common import build_replica, tiny_build
+from ..vlm_common import named_replica_path
 from .adapter import model_class_of_type
 
 __all__ = ["REPLICAS", "REPLICA_NAMES", "replica_path"]
@@ -306,12 +306,5 @@ REPLICA_NAMES = tuple(REPLICAS)
 
 
 def replica_path(name: str, cache_dir=None) -> Path:
-    spec = REPLICAS.get(name)
-    if spec is None:
-        raise ValueError(f"unknown replica {name!r}; known: {', '.join(REPLICA_NAMES)}")
-
-    def build(folder: Path) -> None:
-        build_replica(folder, spec, model_class_of_type(spec["config"]["model_type"]))
-
-    return tiny_build(name, REPLICA_NAMES, {"replica": name, "version": 1, **spec}, build,
-                      cache_dir)
+    return named_replica_path(
+        name, REPLICAS, lambda spec: model_class_of_type(spec["config"]["model_type"]), cache_dir)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..vlm_common import build_replica, deep_update, tiny_build
+from ..vlm_common import deep_update, named_replica_path
 from .adapter import hf_classes
 
 __all__ = ["REPLICAS", "REPLICA_NAMES", "replica_path", "CHAT_TEMPLATE"]
@@ -146,8 +146,4 @@ REPLICA_NAMES = tuple(REPLICAS)
 
 
 def replica_path(name: str, cache_dir=None) -> Path:
-    spec = REPLICAS.get(name)
-    if spec is None:
-        raise ValueError(f"unknown replica {name!r}; known: {', '.join(REPLICA_NAMES)}")
-    return tiny_build(name, REPLICA_NAMES, {"replica": name, "version": 1, **spec},
-                      lambda folder: build_replica(folder, spec, hf_classes()[0]), cache_dir)
+    return named_replica_path(name, REPLICAS, lambda spec: hf_classes()[0], cache_dir)

@@ -118,30 +118,29 @@ class ZImageReferenceRunner(ReferenceRunner):
     SETTINGS = ("guidance_scale", "cfg_truncation", "cfg_normalization", "strength")
 
     def call_kwargs(self, request, ctx) -> dict:
+        return self.prepare(request, ctx)[0]
+
+    def prepare(self, request, ctx) -> tuple[dict, str | None]:
+        """ZImageImg2ImgPipeline works at the input image's own size (floored to 16): asked for
+        another, it fails, so the harness's resized image goes in and that is an extension."""
         kwargs = dict(prompt=request.prompt, num_images_per_prompt=request.num_images_per_prompt,
                       **self.given(request, "negative_prompt", "height", "width",
                                    "num_inference_steps", "guidance_scale", "cfg_normalization",
                                    "cfg_truncation"))
-        if self.is_img2img(ctx):
-            image = load_input_image(request.input_image)
-            if self.extension(request, ctx):
-                image = _resized(image, ctx.height, ctx.width)
-            kwargs.update(image=image, **self.given(request, "strength"))
-        return kwargs
-
-    def extension(self, request, ctx) -> str | None:
-        """ZImageImg2ImgPipeline works at the input image's own size (floored to 16): asked for
-        another, it fails; the harness resizes the image to the requested size instead."""
-        if not self.is_img2img(ctx) or (request.height is None and request.width is None):
-            return None
-        w, h = load_input_image(request.input_image).size
+        if not self.is_img2img(ctx):
+            return kwargs, None
+        image, extension = load_input_image(request.input_image), None
+        w, h = image.size
         m = self.rules.size_multiple
         native = (h // m * m, w // m * m)
-        if (ctx.height, ctx.width) == native:
-            return None
-        return (f"ZImageImg2ImgPipeline refuses an input of another size (the image is "
-                f"{w}x{h}, so it works at {native[1]}x{native[0]}; the request asks for "
-                f"{ctx.width}x{ctx.height}); compared on the harness's resized input")
+        if (request.height is not None or request.width is not None) and \
+                (ctx.height, ctx.width) != native:
+            image = _resized(image, ctx.height, ctx.width)
+            extension = (f"ZImageImg2ImgPipeline refuses an input of another size (the image is "
+                         f"{w}x{h}, so it works at {native[1]}x{native[0]}; the request asks "
+                         f"for {ctx.width}x{ctx.height}); compared on the harness's resized input")
+        kwargs.update(image=image, **self.given(request, "strength"))
+        return kwargs, extension
 
     def cache_hook(self, pipe, threshold: float, ctx):
         return _with_fbc_hook(pipe, threshold, ctx.num_images_per_prompt)

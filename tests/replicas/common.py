@@ -183,3 +183,14 @@ def qwen_tokenizer(out: Path, *, added: int, config: dict, texts: Iterable[str] 
     cfg["added_tokens_decoder"] = added_tokens_decoder(ids, [t for t, s in table if s])
     write_json(out / "tokenizer_config.json", dict(sorted(cfg.items())))
     return ids
+
+
+def write_configs(out: Path, cfg: dict) -> None:
+    """Put the real repository's config files back after save_pretrained rewrote them (and drop
+    the generation configs the real diffusers repos do not ship)."""
+    for part in ("transformer", "vae", "text_encoder"):
+        write_json(out / part / "config.json", cfg[part])
+    write_json(out / "scheduler" / "scheduler_config.json", cfg["scheduler"])
+    write_json(out / "model_index.json", cfg["model_index"])
+    for p in out.rglob("generation_config.json"):
+        p.unlink()

@@ -46,7 +46,7 @@ from pathlib import Path
 from models.pixtral.replicas import MISTRAL_SMALL_31_TEMPLATE
 
 from .common import (build_replica, qwen3_chat_template, qwen_tokenizer, save_sharded,
-                     strip_private, write_json)
+                     strip_private, write_configs, write_json)
 
 NAMES = ("FLUX.2-klein-4B", "FLUX.2-dev")
 
@@ -294,9 +294,4 @@ def build(out: Path, name: str) -> None:
         vae.bn.running_var.copy_(torch.rand(n, generator=gen) * 1.5 + 0.5)
     save_sharded(vae, out / "vae", shards["vae"])
 
-    for part in ("transformer", "vae", "text_encoder"):
-        write_json(out / part / "config.json", cfg[part])
-    write_json(out / "scheduler" / "scheduler_config.json", cfg["scheduler"])
-    write_json(out / "model_index.json", cfg["model_index"])
-    for p in out.rglob("generation_config.json"):
-        p.unlink()
+    write_configs(out, cfg)

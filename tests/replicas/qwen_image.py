@@ -40,8 +40,10 @@ import copy
 import os
 from pathlib import Path
 
+from models.qwen2_vl.replicas import CHAT_TEMPLATE as QWEN2_VL_CHAT_TEMPLATE
+
 from .common import (QWEN_ADDITIONAL_SPECIAL, build_replica, qwen_tokenizer, save_sharded,
-                     strip_private, write_json)
+                     strip_private, write_configs, write_json)
 
 NAMES = ("Qwen-Image", "Qwen-Image-Edit-2509")
 
@@ -104,21 +106,8 @@ QWEN25_VL_7B = {
     "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
     "vocab_size": 152064,
 }
-QWEN25_VL_CHAT_TEMPLATE = (
-    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
-    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
-    "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
-    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture "
-    "{{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif content['type'] == 'video' or 'video' in content %}"
-    "{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}Video "
-    "{{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
-    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+# Qwen2.5-VL ships Qwen2-VL's chat template (the VLM replica's transcription).
+QWEN25_VL_CHAT_TEMPLATE = QWEN2_VL_CHAT_TEMPLATE
 QWEN25_TOKENIZER_CONFIG = {
     "add_bos_token": False, "add_prefix_space": False,
     "additional_special_tokens": QWEN_ADDITIONAL_SPECIAL, "bos_token": None,
@@ -205,9 +194,4 @@ def build(out: Path, name: str) -> None:
     save_sharded(AutoencoderKLQwenImage.from_config(strip_private(cfg["vae"])), out / "vae",
                  SHARDS["vae"])
 
-    for part in ("transformer", "vae", "text_encoder"):
-        write_json(out / part / "config.json", cfg[part])
-    write_json(out / "scheduler" / "scheduler_config.json", cfg["scheduler"])
-    write_json(out / "model_index.json", cfg["model_index"])
-    for p in out.rglob("generation_config.json"):
-        p.unlink()
+    write_configs(out, cfg)

@@ -31,7 +31,7 @@ import os
 from pathlib import Path
 
 from .common import (QWEN_ADDITIONAL_SPECIAL, build_replica, qwen3_chat_template, qwen_tokenizer,
-                     save_sharded, strip_private, write_json)
+                     save_sharded, strip_private, write_configs)
 from .flux1 import VAE as FLUX_VAE
 from .flux2 import QWEN3_4B, QWEN3_TOKENIZER_CONFIG
 
@@ -126,9 +126,4 @@ def build(out: Path, name: str = "Z-Image-Turbo") -> None:
     torch.manual_seed(RECIPE["seed"] + 2)
     save_sharded(AutoencoderKL.from_config(strip_private(cfg["vae"])), out / "vae", SHARDS["vae"])
 
-    for part in ("transformer", "vae", "text_encoder"):
-        write_json(out / part / "config.json", cfg[part])
-    write_json(out / "scheduler" / "scheduler_config.json", cfg["scheduler"])
-    write_json(out / "model_index.json", cfg["model_index"])
-    for p in out.rglob("generation_config.json"):
-        p.unlink()
+    write_configs(out, cfg)
