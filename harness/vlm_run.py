@@ -60,16 +60,21 @@ def validate_args(args) -> dict:
     temperature = float(_opt(args, "temperature", 0.0))
     if math.isnan(temperature) or temperature < 0:
         raise RequestError(f"--temperature must be >= 0, got {temperature}")
-    top_k = _opt(args, "top_k", 0)
-    if not isinstance(top_k, int) or top_k < 0:
+    # top-k / top-p stay None when not given: a sampled run then takes them from the folder's
+    # generation_config.json (else transformers' defaults), as generate() does.
+    top_k = getattr(args, "top_k", None)
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int)
+                              or top_k < 0):
         raise RequestError(f"--top-k must be an integer >= 0 (0 = off), got {top_k!r}")
-    top_p = float(_opt(args, "top_p", 1.0))
-    if not 0.0 < top_p <= 1.0:
-        raise RequestError(f"--top-p must be in (0, 1], got {top_p}")
+    top_p = getattr(args, "top_p", None)
+    if top_p is not None:
+        top_p = float(top_p)
+        if not 0.0 < top_p <= 1.0:
+            raise RequestError(f"--top-p must be in (0, 1], got {top_p}")
     seed = getattr(args, "seed", None)
     if seed is not None and (not isinstance(seed, int) or seed < 0):
         raise RequestError(f"--seed must be an integer >= 0, got {seed!r}")
-    greedy = temperature == 0 or top_k == 1
+    greedy = temperature == 0
     if not greedy and seed is None:
         seed = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
     for flag in _IMAGE_ONLY:
@@ -101,31 +106,45 @@ def _versions() -> dict:
 
 
 def _parity(family, tokenizer, request, opts: dict, ours, output_dir: Path) -> dict:
-    """Greedy harness run vs generate() and generate(prefill_chunk_size=k), both fed by the
-    folder's own processor from the raw request; inputs compared first; write the report."""
-    from dataclasses import replace
-
-    from harness.parity.vlm import run_parity, write_report
-    from harness.pipelines.vlm import VLMPipeline
-
-    greedy_req = replace(request, temperature=0.0, ignore_eos=False)
-    ctx = tokenizer.new_context(greedy_req)
-    if not opts["greedy"] or not ours.logits:
-        ours = VLMPipeline(family).generate(ctx, chunk_size=opts["chunk_size"], keep_logits=True)
-    report = run_parity(family, tokenizer, greedy_req, ours, opts["chunk_size"],
-                        request_dict={**_request_dict(opts), "greedy": True},
-                        num_images=len(opts["images"]), tolerance=opts["tolerance"])
+    """The user's own run (greedy or sampled) vs generate() and generate(prefill_chunk_size=k),
+    both fed by the folder's own processor from the raw request; inputs and resolved sampling
+    settings compared first; write the report."""
     import torch
 
+    from harness.parity.vlm import run_parity, write_report
+
+    given = None if opts["greedy"] else {k: opts[k] for k in ("temperature", "top_k", "top_p")}
+    report = run_parity(family, tokenizer, request, ours, opts["chunk_size"],
+                        request_dict={**_request_dict(opts), "greedy": opts["greedy"]},
+                        num_images=len(opts["images"]), tolerance=opts["tolerance"],
+                        user_sampling=given)
     report.update(device=opts["device"], dtype=opts["dtype"],
-                  torch_threads=torch.get_num_threads(), sampling_note=None)
-    if not opts["greedy"]:
-        report["sampling_note"] = (
-            f"the run itself sampled (temperature {opts['temperature']:g}, top-k {opts['top_k']}, "
-            f"top-p {opts['top_p']:g}, seed {opts['seed']}); parity compares a greedy run of the "
-            f"same request: sampling parity is not implemented")
+                  torch_threads=torch.get_num_threads())
+    unused = [flag for flag, key in (("--top-k", "top_k"), ("--top-p", "top_p"))
+              if opts["greedy"] and opts[key] is not None]
+    if unused:
+        ignored = (f"{' and '.join(unused)} {'has' if len(unused) == 1 else 'have'} no effect "
+                   f"at temperature 0: the run and the comparison are greedy")
+        report["sampling_note"] = "; ".join(filter(None, [report["sampling_note"], ignored]))
     write_report(report, output_dir)
     return report
+
+
+def _resolve_sampling(opts: dict, folder) -> dict:
+    """The request's temperature / top-k / top-p: a sampled run resolves unset options from the
+    folder's generation_config.json as generate() does; checked before any weights load."""
+    from harness.context import SamplingParams
+    from harness.pipelines.vlm import resolve_sampling
+
+    if opts["greedy"]:
+        return {"temperature": 0.0, "top_k": opts["top_k"] or 0,
+                "top_p": 1.0 if opts["top_p"] is None else opts["top_p"], "sources": None}
+    out = resolve_sampling(folder, {k: opts[k] for k in ("temperature", "top_k", "top_p")})
+    try:
+        SamplingParams(temperature=out["temperature"], top_k=out["top_k"], top_p=out["top_p"])
+    except ValueError as exc:
+        raise RequestError(f"{Path(folder) / 'generation_config.json'}: {exc}") from None
+    return out
 
 
 def _request_dict(opts: dict) -> dict:
@@ -140,6 +159,7 @@ def run(args, resolved, output_dir: Path, shown_dir: Path | None = None) -> dict
     from harness.env import offline_env
 
     offline_env()
+    sampling = _resolve_sampling(opts, resolved.path)
     from harness.pipelines.vlm import VLMPipeline
     from harness.tokenizers.text_vision import TextAndVisionTokenizer, TextGenerationRequest
 
@@ -155,16 +175,19 @@ def run(args, resolved, output_dir: Path, shown_dir: Path | None = None) -> dict
     tokenizer = TextAndVisionTokenizer(family)
     request = TextGenerationRequest(
         prompt=opts["prompt"], images=opts["images"], max_new_tokens=opts["max_new_tokens"],
-        temperature=opts["temperature"], top_k=opts["top_k"], top_p=opts["top_p"],
+        temperature=opts["temperature"], top_k=sampling["top_k"], top_p=sampling["top_p"],
         seed=opts["seed"])
     ctx = tokenizer.new_context(request)
     prompt_ids = ctx.tokens.prompt.tolist()
     if not opts["greedy"]:
-        say(f"seed: {opts['seed']}")
+        src = sampling["sources"]
+        say(f"sampling: temperature {opts['temperature']:g}, top-k {sampling['top_k']} "
+            f"({src['top_k']}), top-p {sampling['top_p']:g} ({src['top_p']}), "
+            f"seed: {opts['seed']}")
     say(f"model {resolved.name} ({family.family}), prompt {len(prompt_ids)} tokens, "
         f"{len(ctx.images)} image(s), chunk size {opts['chunk_size'] or 'whole prompt'}")
     result = VLMPipeline(family).generate(ctx, chunk_size=opts["chunk_size"],
-                                          keep_logits=opts["parity"] and opts["greedy"])
+                                          keep_logits=opts["parity"])
     text = family.tokenizer.decode(result.tokens, skip_special_tokens=True)
     print(text, flush=True)
     total = time.perf_counter() - t0
@@ -183,8 +206,9 @@ def run(args, resolved, output_dir: Path, shown_dir: Path | None = None) -> dict
         "resolved": {"prompt_tokens": len(prompt_ids), "images": len(ctx.images),
                      "max_new_tokens": opts["max_new_tokens"],
                      "chunk_size": opts["chunk_size"] or len(prompt_ids),
-                     "temperature": opts["temperature"], "top_k": opts["top_k"],
-                     "top_p": opts["top_p"], "seed": opts["seed"], "greedy": opts["greedy"]},
+                     "temperature": opts["temperature"], "top_k": sampling["top_k"],
+                     "top_p": sampling["top_p"], "seed": opts["seed"], "greedy": opts["greedy"],
+                     "sampling_sources": sampling["sources"]},
         "device": opts["device"], "dtype": opts["dtype"],
         "torch_threads": _versions()["torch_threads"],
         "versions": _versions(),

@@ -77,12 +77,13 @@ def test_local_folder_and_sampling(pictures, tmp_path):
     proc2 = _cli(*args[:-1], str(again))
     assert proc2.returncode == 0, proc2.stderr
     assert json.loads((again / "result.json").read_text())["token_ids"] == result["token_ids"]
-    # --parity with sampling flags says that it compares a greedy run instead of doing so silently
+    # --parity with sampling flags compares the sampled run itself with generate(do_sample=True)
     checked = tmp_path / "q3"
     proc3 = _cli(*args[:-1], str(checked), "--parity")
     assert proc3.returncode == 0, proc3.stderr
-    note = json.loads((checked / "parity.json").read_text())["sampling_note"]
-    assert "sampling parity is not implemented" in note and "temperature 0.8" in note
+    parity = json.loads((checked / "parity.json").read_text())
+    assert parity["sampling_note"] is None and parity["sampling"]["mode"] == "sampled"
+    assert parity["harness"]["tokens"] == result["token_ids"] and parity["tokens_equal"]
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -4,17 +4,20 @@ raw request (prompt text or chat messages, the images as loaded from their files
 options) — never from the harness's ids or pixels.
 
 The report compares inputs before outputs: prompt ids (equal? first differing position, both
-lengths) and per-image pixel values (shape, max |Δ|). Any input difference is its own verdict,
-``input mismatch``, naming the first difference. Outputs are then judged greedily against a bound
-that holds on real models: ``max(LOGIT_TOLERANCE, FLOOR_FACTOR × floor)``, where the floor is the
+lengths), per-image pixel values (shape, max |Δ|) and both sides' resolved sampling settings
+(do_sample, seed, the logits processors in order). Any input difference is its own verdict,
+``input mismatch``, naming the first difference. Outputs are then judged against a bound that
+holds on real models: ``max(LOGIT_TOLERANCE, FLOOR_FACTOR × floor)``, where the floor is the
 reference's own max |Δlogit| between ``generate()`` and ``generate(prefill_chunk_size=k)`` on the
 same inputs, measured in the same run (a chunked prefill reorders the same sums; at real widths
 that alone moves logits by ~1e-4). Where a near-tie flips a greedy token, the run passes only as
 vLLM's ``check_logprobs_close`` allows: at the first divergent position each side's token is in
-the other side's top ``TOP_K``; logits are compared up to and at that position.
+the other side's top ``TOP_K``; logits are compared up to and at that position. A sampled run
+(``generate(do_sample=True)`` after ``torch.manual_seed(seed)``) must draw the same tokens.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -29,8 +32,9 @@ import numpy as np
 
 __all__ = ["ReferenceRun", "raw_messages", "reference_inputs", "reference_generate", "compare",
            "compare_inputs", "reference_floor", "parity_report", "write_report",
-           "fixed_split_cuts", "run_parity", "LOGIT_TOLERANCE", "FLOOR_FACTOR", "TOP_K",
-           "PIXEL_TOLERANCE"]
+           "fixed_split_cuts", "run_parity", "compare_sampling", "reference_settings",
+           "describe_processor", "per_token", "prompt_text", "token_detail", "LOGIT_TOLERANCE",
+           "FLOOR_FACTOR", "TOP_K", "PIXEL_TOLERANCE"]
 
 #: Max |Δlogit| always accepted in fp32.
 LOGIT_TOLERANCE = 1e-4
@@ -48,6 +52,9 @@ class ReferenceRun:
     logits: list[Any]
     seconds: float
     prefill_chunk_size: int | None
+    #: The sampling settings generate() resolved and the logits processors it built
+    #: (``reference_settings``); None where not recorded.
+    settings: dict | None = None
 
 
 # -- the reference's inputs: the raw request through the folder's processor ---------------------
@@ -103,31 +110,107 @@ def _on_model(model, inputs: dict) -> dict:
     return out
 
 
-def reference_generate(family, inputs, max_new_tokens: int,
-                       prefill_chunk_size: int | None = None) -> ReferenceRun:
-    """Greedy ``model.generate()`` that emits exactly ``max_new_tokens`` (EOS disabled) on
-    ``inputs``: the processor's output, or a ``TextGenerationRequest`` to build it from."""
+@contextlib.contextmanager
+def _recording_processors(model):
+    """Record the generation config and the logits-processor list ``generate()`` builds inside
+    this block (what the reference really applied, read from its own call)."""
+    seen: dict = {}
+    build = model._get_logits_processor
+
+    def record(*args, **kwargs):
+        processors = build(*args, **kwargs)
+        seen["generation_config"] = kwargs.get("generation_config", args[0] if args else None)
+        seen["processors"] = list(processors)
+        return processors
+
+    model._get_logits_processor = record
+    try:
+        yield seen
+    finally:
+        del model._get_logits_processor
+
+
+def describe_processor(processor) -> dict:
+    """A transformers logits processor as ``{"name": class, field: value, ...}`` (scalar fields;
+    ``filter_value`` left out), the form ``harness.pipelines.vlm.warper_steps`` writes."""
     import torch
+
+    out: dict = {"name": type(processor).__name__}
+    for key, value in vars(processor).items():
+        if key == "filter_value" or key.startswith("_"):
+            continue
+        if value is None or isinstance(value, (bool, int, float, str)):
+            out[key] = value
+        elif isinstance(value, torch.Tensor) and value.numel() <= 16:
+            out[key] = value.tolist()
+        else:
+            out[key] = type(value).__name__
+    return out
+
+
+def reference_settings(seen: dict, seed: int | None) -> dict:
+    """The reference's resolved sampling settings from what ``_recording_processors`` saw (the
+    options and seed are None for a greedy run, as in ``sampling_settings``)."""
+    gc = seen.get("generation_config")
+    sampled = bool(gc is not None and gc.do_sample)
+    return {"do_sample": sampled,
+            "temperature": gc.temperature if sampled else None,
+            "top_k": gc.top_k if sampled else None,
+            "top_p": gc.top_p if sampled else None,
+            "seed": seed if sampled else None,
+            "processors": [describe_processor(p) for p in seen.get("processors", [])]}
+
+
+def reference_generate(family, inputs, max_new_tokens: int,
+                       prefill_chunk_size: int | None = None, *,
+                       sampling: dict | None = None) -> ReferenceRun:
+    """``model.generate()`` that emits exactly ``max_new_tokens`` (EOS disabled) on ``inputs``:
+    the processor's output, or a ``TextGenerationRequest`` to build it from.
+
+    Greedy unless ``sampling`` is given: the options the user set (any of temperature, top_k,
+    top_p) and ``seed``. Then, after ``torch.manual_seed(seed)`` (inside ``fork_rng``: the
+    process's RNG is left as it was), ``generate(do_sample=True, **options)`` resolves the rest
+    from the folder's generation_config as it does for any user. ``settings`` records what it
+    resolved and the logits processors it built."""
+    import torch
+
+    from harness.pipelines.vlm import DEFAULT_SEED, SAMPLING_OPTIONS
 
     if not isinstance(inputs, dict):
         inputs = reference_inputs(family, inputs)
-    gc = copy.deepcopy(family.model.generation_config)
-    gc.eos_token_id = None
-    gc.do_sample = False
-    gc.max_new_tokens = max_new_tokens
-    gc.min_new_tokens = None
-    gc.output_logits = True
-    gc.return_dict_in_generate = True
-    gc.prefill_chunk_size = prefill_chunk_size
-    for attr in ("temperature", "top_k", "top_p"):
-        setattr(gc, attr, None)
-    kwargs = _on_model(family.model, inputs)
+    model = family.model
+    seed = None
+    if sampling is None:
+        gc = copy.deepcopy(model.generation_config)
+        gc.eos_token_id = None
+        gc.do_sample = False
+        gc.max_new_tokens = max_new_tokens
+        gc.min_new_tokens = None
+        gc.output_logits = True
+        gc.return_dict_in_generate = True
+        gc.prefill_chunk_size = prefill_chunk_size
+        for attr in ("temperature", "top_k", "top_p"):
+            setattr(gc, attr, None)
+        options: dict = {"generation_config": gc}
+    else:
+        seed = sampling.get("seed")
+        seed = DEFAULT_SEED if seed is None else int(seed)
+        options = {k: sampling[k] for k in SAMPLING_OPTIONS if sampling.get(k) is not None}
+        options.update(do_sample=True, max_new_tokens=max_new_tokens, min_new_tokens=None,
+                       eos_token_id=None, output_logits=True, return_dict_in_generate=True,
+                       prefill_chunk_size=prefill_chunk_size)
+    kwargs = _on_model(model, inputs)
+    devices = ([model.device.index or 0] if model.device.type == "cuda" else [])
     t0 = time.perf_counter()
-    with torch.inference_mode():
-        out = family.model.generate(**kwargs, generation_config=gc)
+    with torch.inference_mode(), _recording_processors(model) as seen, \
+            torch.random.fork_rng(devices=devices, enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        out = model.generate(**kwargs, **options)
     seconds = time.perf_counter() - t0
     tokens = out.sequences[0, kwargs["input_ids"].shape[1]:].tolist()
-    return ReferenceRun(tokens, [lg[0] for lg in out.logits], seconds, prefill_chunk_size)
+    return ReferenceRun(tokens, [lg[0] for lg in out.logits], seconds, prefill_chunk_size,
+                        reference_settings(seen, seed))
 
 
 def fixed_split_cuts(ctx, chunk_size: int) -> int:
@@ -189,6 +272,106 @@ def compare_inputs(family, ctx, inputs: dict, pixel_tolerance: float = PIXEL_TOL
             "processor": {**_summary(ref_ids, ref_px, image_id), "keys": sorted(inputs)}}
 
 
+def _processor_text(step: dict) -> str:
+    fields = ", ".join(f"{k}={v!r}" for k, v in step.items() if k != "name")
+    return f"{step['name']}({fields})"
+
+
+def compare_sampling(harness: dict, reference: dict) -> dict:
+    """The harness's resolved sampling settings (``harness.pipelines.vlm.sampling_settings``)
+    against the reference's (``reference_settings``): do_sample, then the seed, then the logits
+    processors in order; ``first_difference`` names the first that differs."""
+    diff = None
+    if harness["do_sample"] != reference["do_sample"]:
+        diff = f"do_sample: harness {harness['do_sample']}, generate() {reference['do_sample']}"
+    elif harness["do_sample"] and harness["seed"] != reference["seed"]:
+        diff = f"seed: harness {harness['seed']}, generate() {reference['seed']}"
+    else:
+        ours, theirs = harness["processors"], reference["processors"]
+        for i in range(max(len(ours), len(theirs))):
+            a = ours[i] if i < len(ours) else None
+            b = theirs[i] if i < len(theirs) else None
+            if a == b:
+                continue
+            if a is None:
+                diff = (f"generate() applies {_processor_text(b)} (logits processor {i}, from "
+                        f"the folder's generation_config), which the harness does not")
+            elif b is None:
+                diff = f"the harness applies {_processor_text(a)}, which generate() does not"
+            else:
+                diff = (f"logits processor {i}: harness {_processor_text(a)}, generate() "
+                        f"{_processor_text(b)}")
+            break
+    return {"mode": "sampled" if harness["do_sample"] else "greedy", "equal": diff is None,
+            "first_difference": diff, "harness": harness, "reference": reference}
+
+
+# -- per-token detail for the HTML report ----------------------------------------------------------
+def prompt_text(decode, ids, vision_token_ids) -> str:
+    """The prompt decoded with special tokens visible, each run of image placeholder tokens
+    collapsed to ``<image>×576`` (a run of several kinds: ``[IMG]×48+[IMG_BREAK]×5``)."""
+    ids = [int(i) for i in ids]
+    vision = {int(v) for v in vision_token_ids}
+    parts, i = [], 0
+    while i < len(ids):
+        in_image = ids[i] in vision
+        j = i
+        while j < len(ids) and (ids[j] in vision) == in_image:
+            j += 1
+        if in_image:
+            counts: dict[int, int] = {}
+            for t in ids[i:j]:
+                counts[t] = counts.get(t, 0) + 1
+            parts.append("+".join(f"{decode([t])}×{n}" for t, n in counts.items()))
+        else:
+            parts.append(decode(ids[i:j]))
+        i = j
+    return "".join(parts)
+
+
+def _top(row, decode, k: int) -> list:
+    import torch
+
+    values, ids = torch.topk(row.float(), min(k, row.numel()))
+    return [[int(t), decode([int(t)]), float(v)] for v, t in zip(values.tolist(), ids.tolist())]
+
+
+def per_token(decode, ours_tokens: list[int], ours_logits: list[Any], ref: ReferenceRun,
+              top: int = TOP_K) -> list[dict]:
+    """One entry per generated position (0 = the first generated token) up to the compared
+    length: all positions while the tokens agree, up to and including the first divergent one:
+    both sides' token, its text and raw logit, max |Δlogit| and each side's top ``top``."""
+    n = min(len(ours_tokens), len(ref.tokens))
+    first = next((i for i in range(n) if ours_tokens[i] != ref.tokens[i]), None)
+    rows = []
+    for i in range(n if first is None else first + 1):
+        h = ours_logits[i] if i < len(ours_logits) else None
+        r = ref.logits[i] if i < len(ref.logits) else None
+        side = {}
+        for name, tok, row in (("harness", ours_tokens[i], h), ("reference", ref.tokens[i], r)):
+            side[name] = {"token": int(tok), "text": decode([int(tok)]),
+                          "logit": None if row is None else float(row[tok])}
+        rows.append({"position": i, **side,
+                     "max_abs_logit_diff": None if h is None or r is None else
+                     float((h.float() - r.float()).abs().max()),
+                     "harness_top": [] if h is None else _top(h, decode, top),
+                     "reference_top": [] if r is None else _top(r, decode, top)})
+    return rows
+
+
+def token_detail(family, ctx, ours, ref: ReferenceRun) -> dict:
+    """The report fields the HTML view reads: ``per_token``, ``prompt_text``, ``texts``,
+    ``image_ranges`` (each image's placeholder span ``[start, end)`` in the prompt)."""
+    decode = family.tokenizer.decode
+    return {
+        "per_token": per_token(decode, ours.tokens, ours.logits, ref),
+        "prompt_text": prompt_text(decode, ctx.tokens.prompt, ctx.vision_token_ids),
+        "texts": {"harness": decode(ours.tokens, skip_special_tokens=True),
+                  "reference": decode(ref.tokens, skip_special_tokens=True)},
+        "image_ranges": [[int(im.start_idx), int(im.end_idx)] for im in ctx.images],
+    }
+
+
 # -- outputs --------------------------------------------------------------------------------------
 def _rank(logits, token: int) -> int:
     """0-based rank of ``token`` in ``logits`` (ties counted in its favour)."""
@@ -236,11 +419,13 @@ def parity_report(*, family_name: str, request: dict, ours, ours_logits: list[An
                   inputs: dict | None = None, excluded: dict[str, str] | None = None,
                   floor: float | None = None, floor_note: str | None = None,
                   tolerance: float = LOGIT_TOLERANCE, floor_factor: float = FLOOR_FACTOR,
-                  top_k: int = TOP_K) -> dict:
+                  top_k: int = TOP_K, sampling: dict | None = None) -> dict:
     """The parity.json payload: verdict first, then inputs, then the detail per reference.
 
-    ``inputs`` is ``compare_inputs``'s result (a difference decides the verdict: ``input
-    mismatch``, named in ``verdict_note``; ``output_verdict`` keeps the outputs' own verdict);
+    ``inputs`` is ``compare_inputs``'s result and ``sampling`` ``compare_sampling``'s (a
+    difference in either decides the verdict: ``input mismatch``, named in ``verdict_note``;
+    ``output_verdict`` keeps the outputs' own verdict). A sampled run must reproduce the
+    reference's draws exactly: the near-tie allowance is for greedy argmax flips only;
     ``floor`` the reference's own chunked-prefill floor (``reference_floor``), which sets the
     bound ``max(tolerance, floor_factor × floor)``; ``excluded`` names references known to be
     wrong on these inputs (with the reason): reported, not judged."""
@@ -257,7 +442,8 @@ def parity_report(*, family_name: str, request: dict, ours, ours_logits: list[An
     firsts = [r["first_divergent_token"] for r in judged
               if r["first_divergent_token"] is not None]
     tokens_equal = all(r["tokens_equal"] for r in judged)
-    tokens_ok = all(r["tokens_equal"] or (r["near_tie"] is not None
+    sampled = sampling is not None and sampling["mode"] == "sampled"
+    tokens_ok = all(r["tokens_equal"] or (not sampled and r["near_tie"] is not None
                                           and r["near_tie"]["within_top_k"]) for r in judged)
     max_diff = max(diffs) if diffs else None
     outputs_ok = tokens_ok and max_diff is not None and max_diff <= bound
@@ -266,6 +452,9 @@ def parity_report(*, family_name: str, request: dict, ours, ours_logits: list[An
         note = "no logits to compare"
     elif max_diff > bound:
         note = f"max |Δlogit| {max_diff:.3g} exceeds the bound {bound:.3g}"
+    elif not tokens_ok and sampled:
+        note = (f"sampled tokens diverge at position {min(firsts)} (a seeded draw must "
+                f"reproduce generate()'s exactly)")
     elif not tokens_ok:
         note = (f"greedy tokens diverge at position {min(firsts)} and a token is outside the "
                 f"other side's top-{top_k}")
@@ -277,6 +466,8 @@ def parity_report(*, family_name: str, request: dict, ours, ours_logits: list[An
     verdict = output_verdict
     if inputs is not None and not inputs["equal"]:
         verdict, note = "input mismatch", inputs["first_difference"]
+    elif sampling is not None and not sampling["equal"]:
+        verdict, note = "input mismatch", f"sampling settings: {sampling['first_difference']}"
     report = {
         "family": family_name,
         "verdict": verdict,
@@ -289,6 +480,7 @@ def parity_report(*, family_name: str, request: dict, ours, ours_logits: list[An
         "max_abs_logit_diff": max_diff,
         "first_divergent_token": min(firsts) if firsts else None,
         "input_comparison": inputs,
+        "sampling": sampling,
         "reference": per_ref,
         "request": request,
         "harness": {"tokens": ours.tokens, "final_status": str(ours.final_status.value)},
@@ -307,15 +499,31 @@ def parity_report(*, family_name: str, request: dict, ours, ours_logits: list[An
 
 def run_parity(family, tokenizer, request, ours, chunk_size: int | None, *,
                request_dict: dict | None = None, num_images: int | None = None,
-               tolerance: float | None = None) -> dict:
-    """The parity report of a finished greedy harness run ``ours`` on ``request``: the reference
-    inputs come from the folder's processor and the raw request, the floor from the reference's
-    own chunked prefill."""
+               tolerance: float | None = None, user_sampling: dict | None = None) -> dict:
+    """The parity report of a finished harness run ``ours`` (with its logits) on ``request``:
+    the reference inputs come from the folder's processor and the raw request, the floor from
+    the reference's own chunked prefill.
+
+    A sampled request (temperature > 0) is compared with ``generate(do_sample=True)`` seeded as
+    the harness seeds its draws; the reference gets only ``user_sampling``, the options the user
+    set (default: the request's temperature, top_k and top_p), and resolves the rest from the
+    folder. The chunked reference samples too, with the same seed, so the floor is measured
+    along the same draws. Both sides' resolved settings are compared before the outputs."""
+    from harness.pipelines.vlm import SAMPLING_OPTIONS, resolve_sampling, sampling_settings
+
     ctx = tokenizer.new_context(request)
     inputs = reference_inputs(family, request)
     n = max(1, len(ours.tokens))
     k = chunk_size or int(inputs["input_ids"].shape[1])
-    refs = {"generate": reference_generate(family, inputs, n)}
+    harness_side = sampling_settings(ctx.sampling_params)
+    sampling = None
+    if harness_side["do_sample"]:
+        given = (user_sampling if user_sampling is not None
+                 else {name: getattr(request, name) for name in SAMPLING_OPTIONS})
+        given = {name: given[name] for name in SAMPLING_OPTIONS if given.get(name) is not None}
+        sampling = {**given, "seed": harness_side["seed"]}
+        harness_side["sources"] = resolve_sampling(family.folder, given)["sources"]
+    refs = {"generate": reference_generate(family, inputs, n, sampling=sampling)}
     cuts = fixed_split_cuts(ctx, k)
     skipped = None
     if family.bidirectional_images and cuts:
@@ -325,17 +533,24 @@ def run_parity(family, tokenizer, request, ours, chunk_size: int | None, *,
                    f"harness planner aligns chunks to image edges instead")
         floor, note = None, "not measured: transformers' fixed split cuts images here"
     else:
-        refs["generate_chunked"] = reference_generate(family, inputs, n, prefill_chunk_size=k)
+        refs["generate_chunked"] = reference_generate(family, inputs, n, prefill_chunk_size=k,
+                                                      sampling=sampling)
         floor, note = reference_floor(refs["generate"], refs["generate_chunked"]), None
+    settings = compare_sampling(harness_side, refs["generate"].settings)
     report = parity_report(
         family_name=family.family, request=request_dict or {}, ours=ours,
         ours_logits=ours.logits, refs=refs,
         num_images=len(ctx.images) if num_images is None else num_images, chunk_size=chunk_size,
         inputs=compare_inputs(family, ctx, inputs), floor=floor, floor_note=note,
-        tolerance=LOGIT_TOLERANCE if tolerance is None else tolerance)
+        tolerance=LOGIT_TOLERANCE if tolerance is None else tolerance, sampling=settings)
     chunked = report["reference"].setdefault(
         "generate_chunked", {"prefill_chunk_size": k, "skipped": skipped})
     chunked["chunks_inside_image"] = cuts
+    report["sampling_note"] = None if settings["equal"] else (
+        f"generate() resolves other {settings['mode']} settings than the harness from this "
+        f"folder and request, so its tokens are not expected to match: "
+        f"{settings['first_difference']}")
+    report.update(token_detail(family, ctx, ours, refs["generate"]))
     return report
 
 
@@ -358,6 +573,20 @@ def _markdown(report: dict) -> str:
                          f"{e['processor_shape']}, max |Δ| {e['max_abs_diff']}")
         if inputs["first_difference"]:
             lines.append(f"- first difference: {inputs['first_difference']}")
+        lines.append("")
+    sampling = report.get("sampling")
+    if sampling is not None:
+        lines += [f"## Sampling ({sampling['mode']}): settings equal {sampling['equal']}", "",
+                  "| | do_sample | temperature | top_k | top_p | seed | logits processors |",
+                  "|---|---|---|---|---|---|---|"]
+        for side in ("harness", "reference"):
+            st = sampling[side]
+            procs = ", ".join(_processor_text(p) for p in st["processors"]) or "none"
+            lines.append(f"| {side} | {st['do_sample']} | {st['temperature']} | {st['top_k']} | "
+                         f"{st['top_p']} | {st['seed']} | {procs} |")
+        if sampling["harness"].get("sources"):
+            lines.append("\nharness options from: " + ", ".join(
+                f"{k} {v}" for k, v in sampling["harness"]["sources"].items()))
         lines.append("")
     lines += [f"## Outputs — {report['output_verdict']}", "",
               f"- tokens equal: {report['tokens_equal']}",
@@ -384,6 +613,9 @@ def _markdown(report: dict) -> str:
             lines.append(f"\n{name} is reported but not judged: {r['excluded_from_verdict']}")
         if r.get("skipped"):
             lines.append(f"\n{name} was not run: {r['skipped']}")
+    if report.get("texts"):
+        lines += ["", f"harness text: {report['texts']['harness']!r}",
+                  f"reference text: {report['texts']['reference']!r}"]
     lines += ["", f"harness: {report['timings']['harness_s']:.4f} s "
               f"(prefill {report['timings']['harness_prefill_s']:.4f} s)", ""]
     return "\n".join(lines)
@@ -401,10 +633,14 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def write_report(report: dict, output_dir: Path) -> tuple[Path, Path]:
-    """Write parity.json and parity.md atomically (temp file + rename)."""
+    """Write parity.json, parity.md and the self-contained report.html atomically (temp file +
+    rename); returns the first two."""
+    from .html import vlm_report_html
+
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     js, md = output_dir / "parity.json", output_dir / "parity.md"
     _atomic_write(js, json.dumps(report, indent=1, default=str) + "\n")
     _atomic_write(md, _markdown(report))
+    _atomic_write(output_dir / "report.html", vlm_report_html(report))
     return js, md

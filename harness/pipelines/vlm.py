@@ -16,7 +16,9 @@ import numpy as np
 from harness.context import GenerationStatus, TextAndVisionContext
 from harness.errors import RequestError
 
-__all__ = ["plan_chunk_length", "EncoderCache", "VLMResult", "VLMPipeline", "sample_token"]
+__all__ = ["plan_chunk_length", "EncoderCache", "VLMResult", "VLMPipeline", "sample_token",
+           "warp", "warper_steps", "sampling_settings", "resolve_sampling",
+           "HF_SAMPLING_DEFAULTS", "SAMPLING_OPTIONS", "DEFAULT_SEED"]
 
 
 def plan_chunk_length(ctx: TextAndVisionContext, chunk_size: int | None,
@@ -76,23 +78,94 @@ class VLMResult:
     stop_string: str | None = None
 
 
-def sample_token(logits, params, generator) -> int:
-    """Greedy argmax, or temperature / top-k / top-p sampling with a seeded generator."""
+#: transformers' values for sampling options that neither the user nor the folder's
+#: generation_config.json sets (``GenerationConfig._get_default_generation_params``, 5.24).
+HF_SAMPLING_DEFAULTS = {"temperature": 1.0, "top_k": 50, "top_p": 1.0}
+SAMPLING_OPTIONS = ("temperature", "top_k", "top_p")
+#: The seed of a sampled request that gives none.
+DEFAULT_SEED = 0
+
+
+def resolve_sampling(folder, given: dict) -> dict:
+    """Sampling options as ``generate()`` resolves them: the user's value, else the folder's
+    generation_config.json, else transformers' default; ``sources`` says which, per option."""
+    import json
+    from pathlib import Path
+
+    path = Path(folder) / "generation_config.json" if folder is not None else None
+    saved = json.loads(path.read_text()) if path is not None and path.is_file() else {}
+    out: dict = {"sources": {}}
+    for name in SAMPLING_OPTIONS:
+        if given.get(name) is not None:
+            out[name], out["sources"][name] = given[name], "user"
+        elif saved.get(name) is not None:
+            out[name], out["sources"][name] = saved[name], "generation_config.json"
+        else:
+            out[name], out["sources"][name] = HF_SAMPLING_DEFAULTS[name], "transformers default"
+    return out
+
+
+def warper_steps(params) -> list[dict]:
+    """The logits warpers a sampled draw applies, in order, described as transformers' classes
+    (name and fields) so the parity report can compare them with what ``generate()`` built."""
+    if params.temperature == 0:
+        return []
+    steps = []
+    if params.temperature != 1.0:
+        steps.append({"name": "TemperatureLogitsWarper", "temperature": float(params.temperature)})
+    if params.top_k != 0:
+        steps.append({"name": "TopKLogitsWarper", "top_k": max(int(params.top_k), 1),
+                      "min_tokens_to_keep": 1})
+    if params.top_p < 1.0:
+        steps.append({"name": "TopPLogitsWarper", "top_p": float(params.top_p),
+                      "min_tokens_to_keep": 1})
+    return steps
+
+
+def sampling_settings(params) -> dict:
+    """What the harness's draw resolves to for the parity report: do_sample, the options, the
+    seed and ``warper_steps`` (options and seed are None for a greedy run)."""
+    sampled = params.temperature != 0
+    seed = (params.seed if params.seed is not None else DEFAULT_SEED) if sampled else None
+    return {"do_sample": sampled,
+            "temperature": float(params.temperature) if sampled else None,
+            "top_k": int(params.top_k) if sampled else None,
+            "top_p": float(params.top_p) if sampled else None,
+            "seed": seed, "processors": warper_steps(params)}
+
+
+def warp(scores, params):
+    """Temperature, then top-k, then top-p on ``[1, vocab]`` float32 scores: transformers 5.24's
+    ``_get_logits_processor`` order and its warpers' exact tensor ops (ties at the k-th score are
+    kept; top-p keeps at least one token), so a seeded draw matches ``generate()`` bit for bit."""
     import torch
 
-    if params.is_greedy:
-        return int(torch.argmax(logits))
-    scores = logits.float() / params.temperature
-    if params.top_k > 0:
-        kth = torch.topk(scores, min(params.top_k, scores.shape[-1])).values[-1]
-        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if params.temperature != 1.0:
+        scores = scores / float(params.temperature)
+    if params.top_k != 0:
+        k = min(max(int(params.top_k), 1), scores.size(-1))
+        scores = scores.masked_fill(scores < torch.topk(scores, k)[0][..., -1, None],
+                                    float("-inf"))
     if params.top_p < 1.0:
-        sorted_scores, order = torch.sort(scores, descending=True)
-        cum = torch.softmax(sorted_scores, dim=-1).cumsum(-1)
-        drop = cum - torch.softmax(sorted_scores, dim=-1) >= params.top_p  # keep the first past p
-        scores = scores.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
-    probs = torch.softmax(scores, dim=-1)
-    return int(torch.multinomial(probs, 1, generator=generator))
+        sorted_scores, order = torch.sort(scores, descending=False)
+        cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+        drop = cumulative <= (1 - float(params.top_p))
+        drop[..., -1:] = 0
+        scores = scores.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    return scores
+
+
+def sample_token(logits, params, generator) -> int:
+    """Greedy argmax at temperature 0; otherwise ``generate(do_sample=True)``'s draw: float32
+    copy, ``warp``, softmax, ``torch.multinomial(probs, 1)`` from ``generator`` (top-k 1 draws
+    too, from the tokens tied at the top, as transformers does)."""
+    import torch
+
+    if params.temperature == 0:
+        return int(torch.argmax(logits))
+    scores = logits.reshape(1, -1).to(dtype=torch.float32, copy=True)
+    probs = torch.nn.functional.softmax(warp(scores, params), dim=-1)
+    return int(torch.multinomial(probs, num_samples=1, generator=generator))
 
 
 class VLMPipeline:
@@ -166,17 +239,23 @@ class VLMPipeline:
 
     def generate(self, ctx: TextAndVisionContext, *, chunk_size: int | None = None,
                  keep_logits: bool = False,
-                 on_output: Callable[[Any], None] | None = None) -> VLMResult:
-        """Prefill in chunks, then decode until the context says done."""
+                 on_output: Callable[[Any], None] | None = None,
+                 generator=None) -> VLMResult:
+        """Prefill in chunks, then decode until the context says done.
+
+        A sampled request draws from ``generator`` (default: a fresh one on the model's device
+        seeded with the request's seed, ``DEFAULT_SEED`` if none: the stream ``torch.manual_seed(seed)`` gives
+        ``generate()``); nothing but the draws consumes it."""
         import torch
 
         if chunk_size is not None and chunk_size < 1:
             raise RequestError(f"chunk size must be >= 1, got {chunk_size}")
         params = ctx.sampling_params
-        greedy = params.is_greedy
-        gen = None
-        if not greedy:
-            gen = torch.Generator().manual_seed(params.seed if params.seed is not None else 0)
+        greedy = params.temperature == 0
+        gen = generator
+        if not greedy and gen is None:
+            gen = torch.Generator(device=self.model.device).manual_seed(
+                params.seed if params.seed is not None else DEFAULT_SEED)
         result = VLMResult(tokens=[], final_status=ctx.status)
         encoder = EncoderCache(self.family)
         tracker = ctx.eos_tracker
