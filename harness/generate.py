@@ -289,6 +289,23 @@ def _check_device(device: str) -> None:
         raise RequestError("--device cuda was asked for, but torch sees no CUDA device")
 
 
+def _with_tiny_defaults(args, resolved) -> tuple[argparse.Namespace, dict]:
+    """``(args, presets)``: a tiny model's request defaults (``TINY_REQUEST_DEFAULTS``) filled in
+    where the user left a flag out, as if typed (so the reference gets them too); the size only
+    for text-to-image, where no input image decides it. Real folders: args unchanged, {}."""
+    from models.registry import tiny_request_defaults
+
+    presets = {}
+    for flag, value in tiny_request_defaults(resolved).items():
+        if flag in ("height", "width") and args.image:
+            continue
+        if getattr(args, flag) is None:
+            presets[flag] = value
+    if not presets:
+        return args, {}
+    return argparse.Namespace(**(vars(args) | presets)), presets
+
+
 def _image_request(args, rules, seed: int):
     from harness.tokenizers.pixel import PixelGenerationRequest
 
@@ -333,6 +350,7 @@ def _run_image(args, resolved, outputs: _Outputs, say) -> dict:
         raise RequestError(f"cannot use model {resolved.name!r}: {exc}") from None
     rules = tokenizer.rules
     seed = args.seed if args.seed is not None else secrets.randbelow(2 ** 31)
+    args, presets = _with_tiny_defaults(args, resolved)
     request = _image_request(args, rules, seed)
     t0 = time.perf_counter()
     ctx = tokenizer.new_context(request)
@@ -342,6 +360,9 @@ def _run_image(args, resolved, outputs: _Outputs, say) -> dict:
     fam = resolved.family
     say(f"model {resolved.name} ({fam.FAMILY}) from {resolved.path}")
     say(f"seed {seed}" + ("" if args.seed is not None else " (picked; pass --seed to repeat)"))
+    if presets:
+        say("tiny model: " + " ".join(f"--{k} {v}" for k, v in presets.items())
+            + " filled in from its recipe (as if given; the reference gets them too)")
     mu = ctx.extra_model_args.get("mu")
     say(f"schedule: {len(ctx.timesteps)} of {ctx.num_inference_steps} steps, "
         f"mu {'none (static shift)' if mu is None else f'{mu:.4f}'}, "
@@ -384,6 +405,7 @@ def _run_image(args, resolved, outputs: _Outputs, say) -> dict:
                      "timesteps": ctx.timesteps.tolist(), "sigmas": ctx.sigmas.tolist()},
         "files": files,
         "device": args.device, "dtype": args.dtype,
+        "tiny_request_defaults": presets,
     }
     cache = getattr(result, "cache", None)
     if cache is not None:
@@ -393,9 +415,9 @@ def _run_image(args, resolved, outputs: _Outputs, say) -> dict:
             f"skipped)")
     if args.parity:
         payload["parity"] = _image_parity(args, resolved, rules, denoiser, request, ctx, result,
-                                          timings, outputs, files, say)
+                                          timings, outputs, files, say, presets)
         files += [f"reference_{i}.png" for i in range(len(result.images))]
-        files += ["parity.json", "parity.md"]
+        files += ["parity.json", "parity.md", "report.html"]
     timings["total_s"] = time.perf_counter() - t_start
     payload["timings"] = timings
     import torch
@@ -415,7 +437,7 @@ def _request_options(request) -> dict:
 
 
 def _image_parity(args, resolved, rules, denoiser, request, ctx, result, timings, outputs, files,
-                  say) -> dict:
+                  say, presets: dict | None = None) -> dict:
     from harness.parity.pixel import (first_block_cache_section, parity_report, run_uncached,
                                       write_parity)
 
@@ -433,12 +455,14 @@ def _image_parity(args, resolved, rules, denoiser, request, ctx, result, timings
         family=resolved.family.FAMILY,
         model={"name": resolved.name, "folder": str(resolved.path)},
         request=_request_options(request), ctx=ctx, ours=result, ref=ref, device=args.device,
+        output_format=ctx.output_format,
         harness_encoder_inputs=runner.harness_encoder_inputs(ctx),
         dtype=args.dtype, harness_timings={k: timings[k] for k in (
             "new_context_s", "prepare_s", "decode_s")} | {"total_s": result.timings["total_s"],
                                                           "steps_s": timings["steps_s"]},
         **fbc)
-    for path in write_parity(outputs.open(), report, ref, files):
+    report["tiny_request_defaults"] = presets or {}
+    for path in write_parity(outputs.open(), report, ref, files, result.images):
         say(f"wrote {outputs.shown(path)}")
     say(f"parity: {report['verdict']} (final latents max |diff| "
         f"{report['final_latents_max_abs_diff']}, first divergent step "
@@ -467,6 +491,7 @@ def _run(args, outputs: _Outputs, say) -> dict:
         from harness import vlm_run
 
         payload = vlm_run.run(args, resolved, outputs.open(), shown_dir=outputs.path)
+        payload["files"] = sorted(p.name for p in outputs.open().iterdir())
     else:
         payload = _run_image(args, resolved, outputs, say)
     path = atomic_write_json(outputs.open() / "result.json", payload)
