@@ -139,8 +139,8 @@ def _resolve_sampling(opts: dict, folder) -> dict:
     if opts["greedy"]:
         return {"temperature": 0.0, "top_k": opts["top_k"] or 0,
                 "top_p": 1.0 if opts["top_p"] is None else opts["top_p"], "sources": None}
-    out = resolve_sampling(folder, {k: opts[k] for k in ("temperature", "top_k", "top_p")})
-    try:
+    try:  # a malformed file or value there is named before any weights load
+        out = resolve_sampling(folder, {k: opts[k] for k in ("temperature", "top_k", "top_p")})
         SamplingParams(temperature=out["temperature"], top_k=out["top_k"], top_p=out["top_p"])
     except ValueError as exc:
         raise RequestError(f"{Path(folder) / 'generation_config.json'}: {exc}") from None
