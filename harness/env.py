@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["offline_env", "torch_dtype", "DTYPE_NAMES"]
+__all__ = ["offline_env", "prefer_pil_image_processors", "torch_dtype", "DTYPE_NAMES"]
 
 #: dtype names the harness accepts, and their aliases.
 DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16",
@@ -20,6 +20,27 @@ def offline_env() -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+#: Image processors that diffusers' pipeline modules import by their default name (FluxPipeline's
+#: IP-Adapter inputs, for one) and that transformers >= 5.24 maps to a torchvision backend.
+_PIL_FALLBACKS = ("CLIPImageProcessor", "SiglipImageProcessor")
+
+
+def prefer_pil_image_processors() -> None:
+    """Without torchvision, bind transformers' default image-processor names to their PIL classes
+    up front: the very classes transformers falls back to, minus the warning it prints at the
+    first import (every ``from diffusers import FluxPipeline`` otherwise logs two lines)."""
+    import importlib.util
+
+    if importlib.util.find_spec("torchvision") is not None:
+        return
+    import transformers
+
+    for name in _PIL_FALLBACKS:
+        pil = getattr(transformers, f"{name}Pil", None)
+        if pil is not None:
+            setattr(transformers, name, pil)
 
 
 def torch_dtype(dtype: str, allowed: tuple[str, ...] = ("float32", "bfloat16")):

@@ -10,12 +10,20 @@ import os
 from importlib import metadata
 from pathlib import Path
 
-from harness.env import offline_env, torch_dtype
+from harness.env import offline_env as _offline_env
+from harness.env import prefer_pil_image_processors, torch_dtype
 
 __all__ = ["read_json", "class_name", "versions", "sha256", "corpus_sha256",
            "chat_tokenizers_sha256", "check_tiny_name", "offline_env",
            "load_pretrained", "redraw", "special_token", "read_chat_template",
            "assemble_pipeline", "TINY_FLUX_VAE", "save_config_model", "write_model_index"]
+
+
+def offline_env() -> None:
+    """The hub offline (``harness.env.offline_env``), then transformers' PIL image processors
+    bound by name before a diffusers pipeline module imports them (no torchvision warning)."""
+    _offline_env()
+    prefer_pil_image_processors()
 
 
 def read_json(path: Path) -> dict:

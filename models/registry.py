@@ -25,6 +25,7 @@ from pathlib import Path
 from types import ModuleType
 
 __all__ = ["FAMILY_MODULES", "ResolvedModel", "resolve", "tiny_names", "replica_names",
+           "tiny_request_defaults",
            "family_module"]
 
 # Families in lookup order; a module that is not there yet is skipped.
@@ -66,6 +67,14 @@ def family_module(family: str) -> ModuleType:
 
 def tiny_names() -> list[str]:
     return [n for mod in _available() for n in mod.TINY_NAMES]
+
+
+def tiny_request_defaults(resolved: ResolvedModel) -> dict:
+    """The request options (named as the CLI flags) a tiny model fills in when left out; {} for
+    real folders, which keep their pipeline's defaults."""
+    if resolved.name not in resolved.family.TINY_NAMES:
+        return {}
+    return dict(getattr(resolved.family, "TINY_REQUEST_DEFAULTS", {}))
 
 
 def replica_names() -> list[str]:

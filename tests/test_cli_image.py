@@ -71,7 +71,7 @@ def test_txt2img_with_parity(tmp_path):
     assert proc.returncode == 0, proc.stderr
     files = left_behind(out)
     assert files == sorted(["image_0.jpeg", "image_1.jpeg", "reference_0.png", "reference_1.png",
-                            "parity.json", "parity.md", "result.json"])
+                            "parity.json", "parity.md", "report.html", "result.json"])
     from PIL import Image
 
     for name in ("image_0.jpeg", "image_1.jpeg", "reference_0.png"):
@@ -93,6 +93,9 @@ def test_txt2img_with_parity(tmp_path):
                 "torch_threads"):
         assert key in parity, key
     assert parity["verdict"] == "bitwise" and parity["first_divergent_step"] is None
+    # the written JPEGs are lossy: compared on the uint8 arrays, and the report says so
+    assert parity["output_format"] == "jpeg" and "lossy" in parity["lossy_note"]
+    assert len(parity["timings_s"]["reference"]["steps_s"]) == 4
     assert parity["reference"]["pipeline"] == "FluxPipeline"
     assert parity["reference"]["diffusers_version"]
     assert [s["step"] for s in parity["steps"]] == [0, 1, 2, 3]

@@ -23,7 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from .report import (atomic_write_bytes, atomic_write_json, atomic_write_text, environment,
+from .html import LOSSY_FORMATS, image_report_html
+from .report import (atomic_write_bytes, atomic_write_json, atomic_write_text, captured_logs,
+                     environment,
                      fmt_num, markdown_table, max_abs_diff, mean_abs_diff, psnr_db)
 
 __all__ = ["CLOSE_TOLERANCE", "ReferenceResult", "ReferenceRunner", "StepRecorder", "compare",
@@ -45,6 +47,8 @@ class ReferenceResult:
     final_latents: np.ndarray
     step_latents: list[np.ndarray] = field(default_factory=list)
     step_timesteps: list[float] = field(default_factory=list)
+    #: Seconds per denoising step (step 0 from the transformer's first call).
+    step_s: list[float] = field(default_factory=list)
     total_s: float = 0.0
     #: {"threshold", "applied", "contexts" ("pipeline" / "runner"), "reason"} when asked for.
     first_block_cache: dict | None = None
@@ -57,6 +61,8 @@ class ReferenceResult:
     #: What each text encoder was fed, per call in order: ``{"text_encoder": [{"input_ids": ...,
     #: "pixel_values": ...}, ...]}`` (recorded by forward pre-hooks during the run).
     encoder_inputs: dict = field(default_factory=dict)
+    #: What diffusers / transformers logged (warning and above) while the reference ran.
+    log: list[str] = field(default_factory=list)
 
 
 def _record_encoder_inputs(components: dict):
@@ -141,21 +147,36 @@ def request_options(request) -> dict:
 
 class StepRecorder:
     """``callback_on_step_end`` for the reference pipelines: a float32 copy of the latents and the
-    timestep after every step, as ``ReferenceResult`` fields."""
+    timestep after every step, and the time each step took (from ``start``, which
+    ``start_hook`` sets at the denoiser's first call, to the first callback, then callback to
+    callback), as ``ReferenceResult`` fields."""
 
     def __init__(self) -> None:
         self.latents: list[np.ndarray] = []
         self.timesteps: list[float] = []
+        self.ends: list[float] = []
+        self.start: float | None = None
+
+    def start_hook(self, _module, _args, _kwargs) -> None:
+        if self.start is None:
+            self.start = time.perf_counter()
 
     def __call__(self, _pipe, i, t, kw) -> dict:
+        self.ends.append(time.perf_counter())
         self.latents.append(kw["latents"].float().cpu().numpy().copy())
         self.timesteps.append(float(t))
         return {}
 
+    def step_seconds(self) -> list[float]:
+        if self.start is None or not self.ends:
+            return []
+        marks = [self.start, *self.ends]
+        return [b - a for a, b in zip(marks, marks[1:])]
+
     def result_fields(self) -> dict:
         final = self.latents[-1] if self.latents else np.zeros(0, np.float32)
         return {"final_latents": final, "step_latents": self.latents,
-                "step_timesteps": self.timesteps}
+                "step_timesteps": self.timesteps, "step_s": self.step_seconds()}
 
 
 class ReferenceRunner:
@@ -241,6 +262,12 @@ class ReferenceRunner:
         """Run the reference for ``request`` (whose context is ``ctx``); see the module notes.
         ``residual_threshold``: run it under diffusers' first-block cache hook at that value;
         ``key`` overrides ``pipeline_key`` (e.g. FLUX.2's ``is_distilled``)."""
+        with captured_logs() as log:
+            result = self._run(request, ctx, initial_latents, residual_threshold, key)
+        result.log = log
+        return result
+
+    def _run(self, request, ctx, initial_latents, residual_threshold, key) -> ReferenceResult:
         import torch
 
         pipe = self.pipeline(**(self.pipeline_key(ctx) | key))
@@ -260,6 +287,9 @@ class ReferenceRunner:
         if residual_threshold is not None:
             fbc, run = self.cache_hook(pipe, residual_threshold, ctx)
         encoder_inputs, handles = _record_encoder_inputs(self.components)
+        denoiser = self.components.get("transformer")
+        if denoiser is not None:
+            handles.append(denoiser.register_forward_pre_hook(record.start_hook, with_kwargs=True))
         t0 = time.perf_counter()
         try:
             out = run(**kwargs)
@@ -520,7 +550,7 @@ def parity_report(*, family: str, model: dict, request: dict, ctx, ours, ref: Re
                   device: str, dtype: str, harness_timings: dict,
                   first_block_cache: dict | None = None,
                   harness_encoder_inputs: dict | None = None,
-                  tolerance: float | None = None) -> dict:
+                  tolerance: float | None = None, output_format: str = "png") -> dict:
     """The parity.json document: the inputs both sides resolved from the request (compared
     first), then the outputs; ``first_block_cache`` is ``first_block_cache_section``'s dict when
     the harness ran the cache."""
@@ -533,7 +563,7 @@ def parity_report(*, family: str, model: dict, request: dict, ctx, ours, ref: Re
         "family": family,
         "model": model,
         "reference": {"pipeline": ref.pipeline, "diffusers_version": metadata.version("diffusers"),
-                      "inputs": ref.inputs},
+                      "inputs": ref.inputs, "log": ref.log},
         "request": request,
         "device": device,
         "dtype": dtype,
@@ -542,9 +572,14 @@ def parity_report(*, family: str, model: dict, request: dict, ctx, ours, ref: Re
         "verdict_note": note,
         "output_verdict": cmp["verdict"],
         "input_comparison": inputs,
+        "output_format": output_format,
+        "lossy_note": (f"the written {output_format} files are lossy: every comparison uses the "
+                       f"uint8 arrays before encoding (report.html shows them as PNG)")
+        if output_format.lower() in LOSSY_FORMATS else None,
         "psnr_note": "null psnr_db means identical images (infinite PSNR)"
                      if cmp["psnr_db"] is None and cmp["images_bitwise"] else None,
-        "timings_s": {"harness": harness_timings, "reference": {"total_s": ref.total_s}},
+        "timings_s": {"harness": harness_timings,
+                      "reference": {"total_s": ref.total_s, "steps_s": ref.step_s}},
         "torch_threads": torch.get_num_threads(),
         "environment": environment(),
     }
@@ -601,6 +636,7 @@ def _markdown(report: dict, ours_files: list[str], ref_files: list[str]) -> str:
             ["harness total (s)", report["timings_s"]["harness"].get("total_s")],
             ["reference total (s)", report["timings_s"]["reference"]["total_s"]],
         ]), "", *_inputs_markdown(report["input_comparison"]), "## Images", "",
+        *([f"Note: {report['lossy_note']}.", ""] if report.get("lossy_note") else []),
         "<table><tr><th>#</th><th>harness</th><th>diffusers</th></tr>",
     ]
     for i, (a, b) in enumerate(zip(ours_files, ref_files)):
@@ -660,8 +696,9 @@ def _fbc_markdown(fbc: dict) -> list[str]:
 
 
 def write_parity(out_dir: str | Path, report: dict, ref: ReferenceResult,
-                 ours_files: list[str]) -> list[Path]:
-    """Write reference_i.png, parity.json and parity.md into ``out_dir`` (each atomically)."""
+                 ours_files: list[str], ours_images: np.ndarray | None = None) -> list[Path]:
+    """Write reference_i.png, parity.json, parity.md and (given the harness's uint8 images)
+    the self-contained report.html into ``out_dir`` (each atomically)."""
     import io
 
     from PIL import Image
@@ -678,4 +715,8 @@ def write_parity(out_dir: str | Path, report: dict, ref: ReferenceResult,
     written.append(atomic_write_json(out_dir / "parity.json", report))
     written.append(atomic_write_text(out_dir / "parity.md",
                                      _markdown(report, ours_files, ref_files)))
+    if ours_images is not None:
+        written.append(atomic_write_text(out_dir / "report.html", image_report_html(
+            report, ours_images, ref.images, files=ours_files,
+            output_format=report.get("output_format", "png"))))
     return written

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import platform
 import tempfile
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -14,7 +16,7 @@ import numpy as np
 
 __all__ = [
     "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "markdown_table",
-    "max_abs_diff", "mean_abs_diff", "psnr_db", "environment", "fmt_num",
+    "max_abs_diff", "mean_abs_diff", "psnr_db", "environment", "fmt_num", "captured_logs",
 ]
 
 
@@ -141,3 +143,28 @@ def environment(packages: Sequence[str] = ("torch", "diffusers", "transformers",
     except ImportError:  # pragma: no cover - torch is a dependency
         env["torch_threads"] = None
     return env
+
+
+@contextmanager
+def captured_logs(*names: str):
+    """Collect what the libraries' loggers (default: diffusers, transformers) say at warning level
+    or above while a reference runs, instead of printing it: the list it yields goes into the
+    report, so the console stays quiet and nothing is lost."""
+    records: list[str] = []
+
+    class _Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(f"{record.name}: {record.getMessage()}")
+
+    saved = []
+    for name in names or ("diffusers", "transformers"):
+        logger = logging.getLogger(name)
+        saved.append((logger, logger.handlers[:], logger.propagate))
+        logger.handlers = [_Keep(level=logging.WARNING)]
+        logger.propagate = False
+    try:
+        yield records
+    finally:
+        for logger, handlers, propagate in saved:
+            logger.handlers = handlers
+            logger.propagate = propagate

@@ -11,14 +11,14 @@ from .loop import LOOP_FAULTS, FluxDenoiser
 from .reference import Flux1ReferenceRunner, reference_pipeline
 from .rules import (FAMILY, MODALITY, PIPELINE_CLASSES, Flux1Rules, TextEncoderSpec,
                     matches, rules)
-from .tiny import FLUX1_DEV_SCHEDULER, TINY_NAMES, TINY_RECIPE, build_tiny, tiny_path
+from .tiny import TINY_REQUEST_DEFAULTS, FLUX1_DEV_SCHEDULER, TINY_NAMES, TINY_RECIPE, build_tiny, tiny_path
 
 #: The family contract: the loop and the parity runner the CLI drives.
 Denoiser = FluxDenoiser
 ReferenceRunner = Flux1ReferenceRunner
 
 __all__ = [
-    "FAMILY", "MODALITY", "TINY_NAMES", "PIPELINE_CLASSES", "tiny_path", "matches", "rules",
+    "FAMILY", "MODALITY", "TINY_NAMES", "TINY_REQUEST_DEFAULTS", "PIPELINE_CLASSES", "tiny_path", "matches", "rules",
     "Denoiser", "ReferenceRunner", "load_components", "reference_pipeline", "build_tiny",
     "Flux1Rules", "TextEncoderSpec", "FluxDenoiser", "Flux1ReferenceRunner", "LOOP_FAULTS",
     "TINY_RECIPE", "FLUX1_DEV_SCHEDULER",

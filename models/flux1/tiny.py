@@ -12,9 +12,13 @@ from ..diffusers_common import (TINY_FLUX_VAE, check_tiny_name, corpus_sha256, o
                                 write_model_index)
 from .rules import FAMILY
 
-__all__ = ["TINY_NAMES", "TINY_RECIPE", "FLUX1_DEV_SCHEDULER", "tiny_path", "build_tiny"]
+__all__ = ["TINY_NAMES", "TINY_REQUEST_DEFAULTS", "TINY_RECIPE", "FLUX1_DEV_SCHEDULER", "tiny_path", "build_tiny"]
 
 TINY_NAMES = ("tiny-flux1",)
+#: What the CLI fills in for a tiny model when the user leaves it out (as if typed, so the
+#: reference gets it too): the pipeline's defaults (1024², 28-50 steps) are for real checkpoints,
+#: and a tiny model's default request should finish in seconds. Size only for text-to-image.
+TINY_REQUEST_DEFAULTS = {"height": 256, "width": 256, "steps": 8}
 
 #: FLUX.1-dev's scheduler_config.json (the tiny model ships the real schedule).
 FLUX1_DEV_SCHEDULER = {

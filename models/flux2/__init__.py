@@ -13,14 +13,14 @@ from .loop import LOOP_FAULTS, Flux2Denoiser
 from .reference import Flux2ReferenceRunner, reference_pipeline
 from .rules import (FAMILY, MODALITY, NO_FIRST_BLOCK_CACHE, PIPELINE_CLASSES, Flux2Rules,
                     matches, rules)
-from .tiny import MISTRAL_CHAT_TEMPLATE, TINY_NAMES, TINY_RECIPES, build_tiny, tiny_path
+from .tiny import TINY_REQUEST_DEFAULTS, MISTRAL_CHAT_TEMPLATE, TINY_NAMES, TINY_RECIPES, build_tiny, tiny_path
 
 #: The family contract: the loop and the parity runner the CLI drives.
 Denoiser = Flux2Denoiser
 ReferenceRunner = Flux2ReferenceRunner
 
 __all__ = [
-    "FAMILY", "MODALITY", "TINY_NAMES", "PIPELINE_CLASSES", "tiny_path", "matches", "rules",
+    "FAMILY", "MODALITY", "TINY_NAMES", "TINY_REQUEST_DEFAULTS", "PIPELINE_CLASSES", "tiny_path", "matches", "rules",
     "Denoiser", "ReferenceRunner", "load_components", "reference_pipeline", "build_tiny",
     "Flux2Rules", "Flux2Denoiser", "Flux2ReferenceRunner", "LOOP_FAULTS", "TOKENIZER_FAULTS",
     "NO_FIRST_BLOCK_CACHE", "TINY_RECIPES", "MISTRAL_CHAT_TEMPLATE", "reference_crop",

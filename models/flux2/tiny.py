@@ -13,10 +13,14 @@ from ..diffusers_common import (chat_tokenizers_sha256, check_tiny_name, corpus_
 from .context import dev_system_message
 from .rules import FAMILY
 
-__all__ = ["TINY_NAMES", "TINY_RECIPES", "FLUX2_SCHEDULER", "MISTRAL_CHAT_TEMPLATE",
+__all__ = ["TINY_NAMES", "TINY_REQUEST_DEFAULTS", "TINY_RECIPES", "FLUX2_SCHEDULER", "MISTRAL_CHAT_TEMPLATE",
            "tiny_path", "build_tiny"]
 
 TINY_NAMES = ("tiny-flux2-klein", "tiny-flux2-dev")
+#: What the CLI fills in for a tiny model when the user leaves it out (as if typed, so the
+#: reference gets it too): the pipeline's defaults (1024², 28-50 steps) are for real checkpoints,
+#: and a tiny model's default request should finish in seconds. Size only for text-to-image.
+TINY_REQUEST_DEFAULTS = {"height": 256, "width": 256, "steps": 8}
 
 #: The scheduler config FLUX.2 checkpoints ship (FLUX.1-dev's; mu comes from the empirical fit).
 FLUX2_SCHEDULER = {

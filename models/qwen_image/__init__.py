@@ -15,7 +15,7 @@ from .loop import LOOP_FAULTS, QwenImageDenoiser
 from .reference import QwenImageReferenceRunner, qwen2vl_processor, reference_pipeline
 from .rules import (FAMILY, MODALITY, PIPELINE_CLASSES, SPECS, PipelineSpec,
                     QwenImageRules, calculate_dimensions, matches, rules, shapes_from_ids)
-from .tiny import (QWEN_IMAGE_SPECIALS, TINY_NAMES, TINY_RECIPE, build_tiny, templates_corpus,
+from .tiny import (TINY_REQUEST_DEFAULTS, QWEN_IMAGE_SPECIALS, TINY_NAMES, TINY_RECIPE, build_tiny, templates_corpus,
                    tiny_path)
 
 #: The family contract: the loop and the parity runner the CLI drives.
@@ -23,7 +23,7 @@ Denoiser = QwenImageDenoiser
 ReferenceRunner = QwenImageReferenceRunner
 
 __all__ = [
-    "FAMILY", "MODALITY", "TINY_NAMES", "PIPELINE_CLASSES", "tiny_path", "matches", "rules",
+    "FAMILY", "MODALITY", "TINY_NAMES", "TINY_REQUEST_DEFAULTS", "PIPELINE_CLASSES", "tiny_path", "matches", "rules",
     "Denoiser", "ReferenceRunner", "load_components", "reference_pipeline", "build_tiny",
     "QwenImageRules", "QwenImageDenoiser", "QwenImageReferenceRunner", "PipelineSpec", "SPECS",
     "LOOP_FAULTS", "TOKENIZER_FAULTS", "TINY_RECIPE", "QWEN_IMAGE_SPECIALS",

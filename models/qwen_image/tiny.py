@@ -14,10 +14,14 @@ from ..diffusers_common import (chat_tokenizers_sha256, check_tiny_name, corpus_
                                 write_model_index)
 from .rules import EDIT_SYSTEM, FAMILY, PIPELINE_CLASSES, SPECS
 
-__all__ = ["TINY_NAMES", "TINY_RECIPE", "QWEN_IMAGE_SCHEDULER", "QWEN_IMAGE_SPECIALS",
+__all__ = ["TINY_NAMES", "TINY_REQUEST_DEFAULTS", "TINY_RECIPE", "QWEN_IMAGE_SCHEDULER", "QWEN_IMAGE_SPECIALS",
            "tiny_path", "build_tiny", "templates_corpus"]
 
 TINY_NAMES = ("tiny-qwen-image", "tiny-qwen-image-edit", "tiny-qwen-image-edit-plus")
+#: What the CLI fills in for a tiny model when the user leaves it out (as if typed, so the
+#: reference gets it too): the pipeline's defaults (1024², 28-50 steps) are for real checkpoints,
+#: and a tiny model's default request should finish in seconds. Size only for text-to-image.
+TINY_REQUEST_DEFAULTS = {"height": 256, "width": 256, "steps": 8}
 _TINY_CLASS = dict(zip(TINY_NAMES, PIPELINE_CLASSES))
 
 #: Qwen-Image's scheduler_config.json (the tiny models ship the real schedule).

@@ -12,14 +12,14 @@ from .loading import load_components
 from .loop import LOOP_FAULTS, ZImageDenoiser
 from .reference import ZImageReferenceRunner, reference_pipeline
 from .rules import FAMILY, MODALITY, PIPELINE_CLASSES, ZImageRules, matches, rules
-from .tiny import TINY_NAMES, TINY_RECIPE, Z_IMAGE_TURBO_SCHEDULER, build_tiny, tiny_path
+from .tiny import TINY_REQUEST_DEFAULTS, TINY_NAMES, TINY_RECIPE, Z_IMAGE_TURBO_SCHEDULER, build_tiny, tiny_path
 
 #: The family contract: the loop and the parity runner the CLI drives.
 Denoiser = ZImageDenoiser
 ReferenceRunner = ZImageReferenceRunner
 
 __all__ = [
-    "FAMILY", "MODALITY", "TINY_NAMES", "PIPELINE_CLASSES", "tiny_path", "matches", "rules",
+    "FAMILY", "MODALITY", "TINY_NAMES", "TINY_REQUEST_DEFAULTS", "PIPELINE_CLASSES", "tiny_path", "matches", "rules",
     "Denoiser", "ReferenceRunner", "load_components", "reference_pipeline", "build_tiny",
     "ZImageRules", "ZImageDenoiser", "ZImageReferenceRunner", "LOOP_FAULTS", "TOKENIZER_FAULTS",
     "TINY_RECIPE", "Z_IMAGE_TURBO_SCHEDULER", "build_context",

@@ -11,9 +11,13 @@ from ..diffusers_common import (TINY_FLUX_VAE, check_tiny_name, offline_env, rea
                                 save_config_model, sha256, versions, write_model_index)
 from .rules import FAMILY
 
-__all__ = ["TINY_NAMES", "TINY_RECIPE", "Z_IMAGE_TURBO_SCHEDULER", "tiny_path", "build_tiny"]
+__all__ = ["TINY_NAMES", "TINY_REQUEST_DEFAULTS", "TINY_RECIPE", "Z_IMAGE_TURBO_SCHEDULER", "tiny_path", "build_tiny"]
 
 TINY_NAMES = ("tiny-z-image",)
+#: What the CLI fills in for a tiny model when the user leaves it out (as if typed, so the
+#: reference gets it too): the pipeline's defaults (1024², 28-50 steps) are for real checkpoints,
+#: and a tiny model's default request should finish in seconds. Size only for text-to-image.
+TINY_REQUEST_DEFAULTS = {"height": 256, "width": 256, "steps": 8}
 
 #: Z-Image-Turbo's scheduler_config.json: a static shift, no dynamic shifting.
 Z_IMAGE_TURBO_SCHEDULER = {"num_train_timesteps": 1000, "shift": 3.0,
