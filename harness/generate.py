@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 from harness.errors import RequestError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "run_parsed"]
 
 _IMAGE_DTYPES = ("float32", "bfloat16")
 
@@ -368,8 +368,10 @@ def _run_image(args, resolved, outputs: _Outputs, say) -> dict:
         f"mu {'none (static shift)' if mu is None else f'{mu:.4f}'}, "
         f"sigma {float(ctx.sigmas[0]):.6g} -> {float(ctx.sigmas[-2]):.6g}")
 
-    denoiser = fam.Denoiser.from_folder(
-        resolved.path, rules, device=args.device, dtype=args.dtype, progress=not args.quiet)
+    from harness import loaded
+
+    denoiser = loaded.denoiser(fam.Denoiser, resolved.path, rules, device=args.device,
+                               dtype=args.dtype, progress=not args.quiet)
     warmup_s = 0.0 if args.no_warmup else denoiser.warm_up(ctx)
     result = denoiser(ctx, record_steps=args.parity)
 
@@ -510,31 +512,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.prompt is None:
         parser.error("the following arguments are required: --prompt")
-    outputs = _Outputs(Path(args.output_dir) if args.output_dir else _default_output_dir(),
-                       overwrite=args.overwrite)
+    if not args.output_dir:
+        args.output_dir = str(_default_output_dir())
+    code, payload = run_parsed(args)
+    if code == 2:
+        print(f"error: {payload['error']}", file=sys.stderr)
+        return 2
+    verdict = payload.get("parity", {}).get("verdict") if args.parity else None
+    print(json.dumps({"status": "ok" if code == 0 else "parity failed", "exit_code": code,
+                      "output_dir": str(Path(args.output_dir)), "model": payload["model"]["name"],
+                      "family": payload["model"]["family"], "files": payload.get("files", []),
+                      "seed": payload.get("seed", payload.get("request", {}).get("seed")),
+                      "parity": verdict, "tolerance": args.tolerance}), flush=True)
+    return code
+
+
+def run_parsed(args) -> tuple[int, dict]:
+    """One parsed request (``--output-dir`` set) as ``main`` runs it, without the error and
+    summary lines (``--quiet`` silences the rest): ``(exit code, result.json payload)``, or
+    ``(2, {"error": message})`` for bad input. ``python -m harness.sweep`` runs its cases here."""
+    outputs = _Outputs(Path(args.output_dir), overwrite=args.overwrite)
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
     try:
         payload = _run(args, outputs, say)
         outputs.commit()
     except RequestError as exc:
         outputs.rollback()
-        print(f"error: {_as_typed(str(exc))}", file=sys.stderr)
-        return 2
+        return 2, {"error": _as_typed(str(exc))}
     except BaseException:
         outputs.rollback()
         raise
-    code, verdict = 0, None
+    code = 0
     if args.parity:
         verdict = payload.get("parity", {}).get("verdict")
         accepted = PASSING_VERDICTS + (TOLERATED_VERDICTS if args.tolerance else ())
         code = 0 if verdict in accepted else 3
-    print(json.dumps({"status": "ok" if code == 0 else "parity failed", "exit_code": code,
-                      "output_dir": str(outputs.path), "model": payload["model"]["name"],
-                      "family": payload["model"]["family"], "files": payload.get("files", []),
-                      "seed": payload.get("seed", payload.get("request", {}).get("seed")),
-                      "parity": verdict, "tolerance": args.tolerance}), flush=True)
-    return code
-
+    return code, payload
 
 if __name__ == "__main__":
     sys.exit(main())
