@@ -52,7 +52,8 @@ _FLAGS = {"num_inference_steps": "--steps", "num_images_per_prompt": "--num-imag
           "cfg_normalization": "--cfg-normalization", "residual_threshold": "--residual-threshold",
           "output_format": "--format", "noise convention": "--noise", "input_image": "--image",
           "input_images": "--image", "strength": "--strength", "height": "--height",
-          "width": "--width", "seed": "--seed", "prompt": "--prompt"}
+          "width": "--width", "seed": "--seed", "prompt": "--prompt",
+          "json_schema": "--json-schema", "grammar": "--grammar", "regex": "--regex"}
 
 
 def _as_typed(message: str) -> str:
@@ -164,6 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="(default 0: greedy; > 0 samples, with --seed)")
     txt.add_argument("--top-k", type=int, default=None, help="(default 0: off)")
     txt.add_argument("--top-p", type=float, default=None, help="(default 1.0: off)")
+    constraint = txt.add_mutually_exclusive_group()
+    constraint.add_argument("--json-schema", default=None, metavar="FILE_OR_JSON",
+                            help="structured output: JSON valid under this JSON Schema (a file or "
+                                 "inline JSON; no whitespace between JSON tokens)")
+    constraint.add_argument("--grammar", default=None, metavar="FILE",
+                            help="structured output: text of this Lark grammar (llguidance's "
+                                 "dialect)")
+    constraint.add_argument("--regex", default=None, metavar="PATTERN",
+                            help="structured output: text matching this regular expression")
     common = p.add_argument_group("common")
     common.add_argument("--image", action="append", default=None, metavar="PATH",
                         help="input image (img2img for image models; repeatable for VLMs)")
@@ -316,7 +326,8 @@ def _image_request(args, rules, seed: int):
     if len(images) > rules.max_input_images:
         raise RequestError(f"this model takes at most {rules.max_input_images} --image "
                            f"({'conditioning' if conditioning else 'img2img'}), got {len(images)}")
-    for name in ("max_new_tokens", "chunk_size", "temperature", "top_k", "top_p"):
+    for name in ("max_new_tokens", "chunk_size", "temperature", "top_k", "top_p",
+                 "json_schema", "grammar", "regex"):
         if getattr(args, name) is not None:
             raise RequestError(f"--{name.replace('_', '-')} is a text-generation flag; this is "
                                f"an image model")

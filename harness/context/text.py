@@ -1,7 +1,9 @@
 """TextContext: a text request's tokens, EOS rules, sampling and status (MAX's TextContext).
 
 The per-token ``update()`` path lives in compiled code (``_fast.tokens.ContextCore``); this class
-adds the remaining fields and the methods that are not on the per-token hot path.
+adds the remaining fields and the methods that are not on the per-token hot path. A structured
+request's ``_matcher`` (``harness.structured``, built by the tokenizer from ``json_schema`` or
+``grammar``) consumes each appended token in ``update()``, never a chunked-prefill step's.
 """
 from __future__ import annotations
 
@@ -129,6 +131,9 @@ class TextContext(ContextCore):
                 f"log_probabilities (number of top log-probs) must be >= 0, got {log_probabilities!r}")
         if target_endpoint is not None:
             _check_target_endpoint(target_endpoint)
+        if json_schema is not None and grammar is not None:
+            raise ValueError("json_schema and grammar were both given; a request takes one "
+                             "output constraint (harness.structured)")
         sampling_params = sampling_params if sampling_params is not None else SamplingParams()
         if not isinstance(sampling_params, SamplingParams):
             raise TypeError(

@@ -31,7 +31,9 @@ class TextGenerationRequest:
     ...} | {"type": "image", "image": <optional source>}]}``; image parts without a source take the
     next entry of ``images``. Images are paths, PIL images or uint8 arrays. ``image_options`` are
     image-processor options the user sets (e.g. ``{"do_pan_and_scan": True}`` for Gemma 3), given
-    to the harness and to the reference processor alike.
+    to the harness and to the reference processor alike. At most one output constraint:
+    ``json_schema`` (a dict, JSON text or a file), ``grammar`` (Lark as llguidance takes it, or a
+    file) or ``regex`` (``harness.structured``).
     """
 
     prompt: str | list[dict]
@@ -49,6 +51,9 @@ class TextGenerationRequest:
     ignore_eos: bool = False
     request_id: str | None = None
     image_options: dict = field(default_factory=dict)
+    json_schema: str | dict | None = None
+    grammar: str | None = None
+    regex: str | None = None
 
 
 def _image_hash(pixels: np.ndarray) -> int:
@@ -201,6 +206,7 @@ class TextAndVisionTokenizer:
                 max_new_tokens=request.max_new_tokens, seed=request.seed)
         except ValueError as exc:
             raise RequestError(str(exc)) from None
+        constraint = self._constraint(request)
         ids, images = self.encode_prompt(request)
         prompt_len = len(ids)
         limit = fam.max_context
@@ -222,11 +228,34 @@ class TextAndVisionTokenizer:
             eos = EOSTracker(eos_token_ids=sorted(fam.eos_token_ids() | set(request.stop_token_ids)),
                              eos_sequences=[list(s) for s in request.stop_sequences],
                              eos_stop_strings=list(request.stop))
+        matcher = None
+        if constraint is not None:
+            from harness.structured import new_matcher
+
+            model_eos = sorted(fam.eos_token_ids())
+            extra = [] if request.ignore_eos else sorted(set(eos.eos_token_ids) - set(model_eos))
+            matcher = new_matcher(constraint, fam.tokenizer, fam.vocab_size, model_eos, extra)
         try:
             return TextAndVisionContext(
                 max_length=max_length, tokens=TokenBuffer(np.asarray(ids, dtype=np.int64)),
                 request_id=request.request_id, eos_tracker=eos, vocab_size=fam.vocab_size,
                 sampling_params=params, ignore_eos=request.ignore_eos,
-                model_name=str(fam.folder), vision_token_ids=fam.vision_token_ids, images=images)
+                model_name=str(fam.folder), vision_token_ids=fam.vision_token_ids, images=images,
+                json_schema=(constraint.source if constraint and constraint.kind == "json_schema"
+                             else None),
+                grammar=constraint.lark if constraint else None, _matcher=matcher)
         except ValueError as exc:
             raise RequestError(str(exc)) from None
+
+    @staticmethod
+    def _constraint(request: TextGenerationRequest):
+        """The request's output constraint, checked (llguidance compiles it) before the prompt
+        is encoded; None without one."""
+        if request.json_schema is None and request.grammar is None and request.regex is None:
+            return None
+        from harness.structured import check_constraint, parse_constraint
+
+        constraint = parse_constraint(json_schema=request.json_schema, grammar=request.grammar,
+                                      regex=request.regex)
+        check_constraint(constraint)
+        return constraint
