@@ -170,7 +170,10 @@ def run(args, resolved, output_dir: Path, shown_dir: Path | None = None) -> dict
 
         if not torch.cuda.is_available():
             raise RequestError("--device cuda was asked for, but torch sees no CUDA device")
-    family = resolved.family.load(resolved.path, device=opts["device"], dtype=opts["dtype"])
+    from harness import loaded
+
+    family = loaded.vlm_family(resolved.family, resolved.path, device=opts["device"],
+                               dtype=opts["dtype"])
     load_s = time.perf_counter() - t0
     tokenizer = TextAndVisionTokenizer(family)
     request = TextGenerationRequest(
