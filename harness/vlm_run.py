@@ -41,6 +41,30 @@ def _check_readable_image(path: str) -> None:
         raise RequestError(f"cannot read image {path!r}: {exc}") from None
 
 
+def _constraint(args):
+    """``--json-schema`` / ``--grammar FILE`` / ``--regex``: parsed and compiled by llguidance
+    without a model, so an invalid or unsatisfiable one is refused before any weights load."""
+    names = ("json_schema", "grammar", "regex")
+    given = {k: getattr(args, k, None) for k in names}
+    if all(v is None for v in given.values()):
+        return None
+    grammar = given["grammar"]
+    if grammar is not None:
+        if not os.path.isfile(grammar):
+            raise RequestError(f"--grammar {grammar!r}: no such file (it takes a file holding a "
+                               f"Lark grammar)")
+        try:
+            with open(grammar, encoding="utf-8") as fh:
+                given["grammar"] = fh.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RequestError(f"--grammar {grammar!r}: cannot read it: {exc}") from None
+    from harness.structured import check_constraint, parse_constraint
+
+    constraint = parse_constraint(**given)
+    check_constraint(constraint)
+    return constraint
+
+
 def validate_args(args) -> dict:
     """Check the text-generation flags; return the normalised options (RequestError if bad)."""
     prompt = getattr(args, "prompt", None)
@@ -87,7 +111,8 @@ def validate_args(args) -> dict:
     device = str(_opt(args, "device", "cpu"))
     if device.split(":")[0] not in ("cpu", "cuda"):
         raise RequestError(f"--device must be cpu or cuda, got {device!r}")
-    return {"prompt": prompt, "images": images, "max_new_tokens": max_new, "chunk_size": chunk,
+    constraint = _constraint(args)
+    return {"constraint": constraint,"prompt": prompt, "images": images, "max_new_tokens": max_new, "chunk_size": chunk,
             "temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed,
             "greedy": greedy, "dtype": dtype, "device": device,
             "parity": bool(getattr(args, "parity", False)),
@@ -150,7 +175,34 @@ def _resolve_sampling(opts: dict, folder) -> dict:
 def _request_dict(opts: dict) -> dict:
     keys = ("prompt", "images", "max_new_tokens", "chunk_size", "temperature", "top_k", "top_p",
             "seed")
-    return {k: opts[k] for k in keys}
+    constraint = opts.get("constraint")
+    return {**{k: opts[k] for k in keys},
+            "constraint": None if constraint is None else constraint.kind}
+
+
+def _constraint_fields(constraint) -> dict:
+    """The request fields of a checked constraint (``TextGenerationRequest``)."""
+    if constraint is None:
+        return {}
+    if constraint.kind == "json_schema":
+        return {"json_schema": constraint.schema}
+    return {constraint.kind: constraint.source}
+
+
+def _say_constraint(say, section: dict) -> None:
+    """One console line on the constraint: what it gave, and a dead matcher once."""
+    dead = section.get("dead_matcher")
+    if dead is not None:
+        say(f"note: the {section['kind']} matcher died at generated token {dead['position']} "
+            f"({dead['reason'][:160]}); the rest of the output is unconstrained")
+    state = "complete" if section["complete"] else "incomplete (cut by a stop or the length limit)"
+    extra = ""
+    if section["kind"] == "json_schema":
+        extra = ("; JSON valid against the schema" if section["valid"] else
+                 f"; not valid: {section['validation_error']}")
+    say(f"constraint {section['kind']}: output {state}{extra}; the mask ruled out the "
+        f"top-scoring token at {section['mask_changed_tokens']} of {section['masked_steps']} "
+        f"steps")
 
 
 def run(args, resolved, output_dir: Path, shown_dir: Path | None = None) -> dict:
@@ -179,7 +231,7 @@ def run(args, resolved, output_dir: Path, shown_dir: Path | None = None) -> dict
     request = TextGenerationRequest(
         prompt=opts["prompt"], images=opts["images"], max_new_tokens=opts["max_new_tokens"],
         temperature=opts["temperature"], top_k=sampling["top_k"], top_p=sampling["top_p"],
-        seed=opts["seed"])
+        seed=opts["seed"], **_constraint_fields(opts["constraint"]))
     ctx = tokenizer.new_context(request)
     prompt_ids = ctx.tokens.prompt.tolist()
     if not opts["greedy"]:
@@ -216,6 +268,12 @@ def run(args, resolved, output_dir: Path, shown_dir: Path | None = None) -> dict
         "torch_threads": _versions()["torch_threads"],
         "versions": _versions(),
     }
+    if opts["constraint"] is not None:
+        from harness.structured import constraint_result
+
+        section = constraint_result(opts["constraint"], text, ctx._matcher, result.constraint)
+        payload["constraint"] = section
+        _say_constraint(say, section)
     if opts["parity"]:
         report = _parity(family, tokenizer, request, opts, result, Path(output_dir))
         payload["parity"] = {k: report[k] for k in ("verdict", "verdict_note", "output_verdict",

@@ -163,7 +163,7 @@ def reference_settings(seen: dict, seed: int | None) -> dict:
 
 def reference_generate(family, inputs, max_new_tokens: int,
                        prefill_chunk_size: int | None = None, *,
-                       sampling: dict | None = None) -> ReferenceRun:
+                       sampling: dict | None = None, logits_processor: Any = None) -> ReferenceRun:
     """``model.generate()`` that emits exactly ``max_new_tokens`` (EOS disabled) on ``inputs``:
     the processor's output, or a ``TextGenerationRequest`` to build it from.
 
@@ -171,7 +171,9 @@ def reference_generate(family, inputs, max_new_tokens: int,
     top_p) and ``seed``. Then, after ``torch.manual_seed(seed)`` (inside ``fork_rng``: the
     process's RNG is left as it was), ``generate(do_sample=True, **options)`` resolves the rest
     from the folder's generation_config as it does for any user. ``settings`` records what it
-    resolved and the logits processors it built."""
+    resolved and the logits processors it built. ``logits_processor``: a structured request's
+    constraint (``harness.structured.reference``), which ``generate()`` applies before its
+    warpers."""
     import torch
 
     from harness.pipelines.vlm import DEFAULT_SEED, SAMPLING_OPTIONS
@@ -199,6 +201,10 @@ def reference_generate(family, inputs, max_new_tokens: int,
         options.update(do_sample=True, max_new_tokens=max_new_tokens, min_new_tokens=None,
                        eos_token_id=None, output_logits=True, return_dict_in_generate=True,
                        prefill_chunk_size=prefill_chunk_size)
+    if logits_processor is not None:
+        from transformers import LogitsProcessorList
+
+        options["logits_processor"] = LogitsProcessorList([logits_processor])
     kwargs = _on_model(model, inputs)
     devices = ([model.device.index or 0] if model.device.type == "cuda" else [])
     t0 = time.perf_counter()
@@ -508,10 +514,26 @@ def run_parity(family, tokenizer, request, ours, chunk_size: int | None, *,
     the harness seeds its draws; the reference gets only ``user_sampling``, the options the user
     set (default: the request's temperature, top_k and top_p), and resolves the rest from the
     folder. The chunked reference samples too, with the same seed, so the floor is measured
-    along the same draws. Both sides' resolved settings are compared before the outputs."""
+    along the same draws. Both sides' resolved settings are compared before the outputs.
+
+    A structured request's references run with llguidance's own logits processor on the same
+    grammar and whitespace rule (a fresh matcher per ``generate()`` call); the logits compared
+    are pre-mask on both sides; ``report["constraint"]`` says what was enforced and how often
+    the mask changed the harness's choice."""
     from harness.pipelines.vlm import SAMPLING_OPTIONS, resolve_sampling, sampling_settings
 
     ctx = tokenizer.new_context(request)
+    constraint = ctx._matcher.constraint if ctx._matcher is not None else None
+
+    def mask():
+        """A fresh reference constraint processor per generate() call (None without one)."""
+        if constraint is None:
+            return None
+        from harness.structured.reference import reference_processor
+
+        return reference_processor(constraint, family.tokenizer, family.vocab_size,
+                                   sorted(family.eos_token_ids()))
+
     inputs = reference_inputs(family, request)
     n = max(1, len(ours.tokens))
     k = chunk_size or int(inputs["input_ids"].shape[1])
@@ -523,7 +545,12 @@ def run_parity(family, tokenizer, request, ours, chunk_size: int | None, *,
         given = {name: given[name] for name in SAMPLING_OPTIONS if given.get(name) is not None}
         sampling = {**given, "seed": harness_side["seed"]}
         harness_side["sources"] = resolve_sampling(family.folder, given)["sources"]
-    refs = {"generate": reference_generate(family, inputs, n, sampling=sampling)}
+    if constraint is not None:  # the harness masks before its warpers, as generate() does
+        from harness.structured.reference import mask_step
+
+        harness_side["processors"].insert(0, mask_step(constraint))
+    refs = {"generate": reference_generate(family, inputs, n, sampling=sampling,
+                                           logits_processor=mask())}
     cuts = fixed_split_cuts(ctx, k)
     skipped = None
     if family.bidirectional_images and cuts:
@@ -534,7 +561,7 @@ def run_parity(family, tokenizer, request, ours, chunk_size: int | None, *,
         floor, note = None, "not measured: transformers' fixed split cuts images here"
     else:
         refs["generate_chunked"] = reference_generate(family, inputs, n, prefill_chunk_size=k,
-                                                      sampling=sampling)
+                                                      sampling=sampling, logits_processor=mask())
         floor, note = reference_floor(refs["generate"], refs["generate_chunked"]), None
     settings = compare_sampling(harness_side, refs["generate"].settings)
     report = parity_report(
@@ -551,6 +578,11 @@ def run_parity(family, tokenizer, request, ours, chunk_size: int | None, *,
         f"folder and request, so its tokens are not expected to match: "
         f"{settings['first_difference']}")
     report.update(token_detail(family, ctx, ours, refs["generate"]))
+    report["constraint"] = None
+    if constraint is not None:
+        from harness.structured.output import parity_section
+
+        report["constraint"] = parity_section(constraint, ours.constraint)
     return report
 
 
@@ -588,6 +620,17 @@ def _markdown(report: dict) -> str:
             lines.append("\nharness options from: " + ", ".join(
                 f"{k} {v}" for k, v in sampling["harness"]["sources"].items()))
         lines.append("")
+    constraint = report.get("constraint")
+    if constraint:
+        ws = constraint["whitespace"]
+        ws = (f"flexible {ws['flexible']}, separators {ws['item_separator']!r} "
+              f"{ws['key_separator']!r}" if isinstance(ws, dict) else ws)
+        lines += [f"## Constraint ({constraint['kind']}, {constraint['backend']})", "",
+                  f"- whitespace: {ws}",
+                  f"- the mask changed the greedy choice at {constraint['mask_changed_tokens']} "
+                  f"of {constraint['masked_steps']} steps",
+                  f"- dead matcher: {constraint['dead_matcher']}", "", "```",
+                  constraint["source"] + (" …" if constraint["truncated"] else ""), "```", ""]
     lines += [f"## Outputs — {report['output_verdict']}", "",
               f"- tokens equal: {report['tokens_equal']}",
               f"- max |Δlogit|: {report['max_abs_logit_diff']} (bound {tol['bound']}: "

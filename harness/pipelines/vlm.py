@@ -76,6 +76,8 @@ class VLMResult:
     prefill_s: float = 0.0
     decode_s: float = 0.0
     stop_string: str | None = None
+    #: Structured output's mask statistics (``ConstrainedDecoder.report()``); None without one.
+    constraint: dict | None = None
 
 
 #: transformers' values for sampling options that neither the user nor the folder's
@@ -263,6 +265,12 @@ class VLMPipeline:
         decode_text = self.family.tokenizer.decode
         model = self.model
         first = ctx.tokens.prompt_length
+        matcher = ctx._matcher
+        decoder = None
+        if matcher is not None:  # structured output: the mask applies before every choice
+            from harness.structured import ConstrainedDecoder
+
+            decoder = ConstrainedDecoder(matcher)
         with torch.inference_mode():
             kv = self._new_cache()
             t0 = time.perf_counter()
@@ -278,8 +286,15 @@ class VLMPipeline:
             while True:
                 if keep_logits:
                     result.logits.append(logits.detach().clone())
+                if decoder is not None:
+                    logits = decoder.mask(logits, ctx.tokens.generated_length)
                 token = int(logits.argmax()) if greedy else sample_token(logits, params, gen)
                 ctx.update(token)
+                if (decoder is not None and not ctx.is_done and decoder.dead is None
+                        and not tracker.eos_token_ids and matcher.is_stopped()):
+                    # The grammar is complete and only EOS could follow, but this request
+                    # ignores EOS: it ends here instead of running unconstrained.
+                    ctx.status = GenerationStatus.END_OF_SEQUENCE
                 if check_strings and not ctx.is_done:
                     text = decode_text(ctx.tokens.generated.tolist())
                     hit = tracker.is_eos_from_string(text[len(shown):])
@@ -301,4 +316,6 @@ class VLMPipeline:
             result.decode_s = time.perf_counter() - t1
         result.final_status = ctx.status
         result.encoder_calls = encoder.calls
+        if decoder is not None:
+            result.constraint = decoder.report()
         return result

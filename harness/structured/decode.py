@@ -38,9 +38,10 @@ class ConstrainedDecoder:
                     "of the output is unconstrained", position, reason)
 
     def mask(self, logits, position: int):
-        """The logits to choose the next token from: a float32 CPU tensor with disallowed tokens
-        at -inf (``logits`` itself may be written when it already is one), or ``logits``
-        unchanged once the matcher is dead. ``position``: index of the token being generated."""
+        """The logits to choose the next token from: float32, on ``logits``' device, disallowed
+        tokens at -inf (``logits`` itself is written when it already is a float32 CPU tensor),
+        or ``logits`` unchanged once the matcher is dead. ``position``: index of the token being
+        generated."""
         import torch
 
         if self.dead is not None:
@@ -62,7 +63,7 @@ class ConstrainedDecoder:
         words = self.bitmask
         self.mask_changed_tokens += int(free >= 32 * len(words)
                                         or not (int(words[free >> 5]) >> (free & 31)) & 1)
-        return work
+        return work if work.device == logits.device else work.to(logits.device)
 
     def report(self) -> dict:
         return {"mask_changed_tokens": self.mask_changed_tokens,

@@ -7,7 +7,7 @@ from typing import Any
 
 from .constraint import Constraint
 
-__all__ = ["check_json", "constraint_result"]
+__all__ = ["check_json", "constraint_result", "parity_section"]
 
 
 def check_json(text: str, schema: dict) -> dict:
@@ -32,15 +32,27 @@ def check_json(text: str, schema: dict) -> dict:
 
 
 def constraint_result(constraint: Constraint, text: str, matcher: Any = None,
-                      decoder: Any = None) -> dict:
+                      stats: dict | None = None) -> dict:
     """The ``constraint`` section of result.json: the constraint as reported, whether the matcher
     accepted the output (``complete``: False when a stop string or the length limit cut it), the
-    mask statistics and, for JSON, ``check_json`` of the text."""
+    mask statistics (``ConstrainedDecoder.report()``) and, for JSON, ``check_json`` of the
+    text."""
     out: dict[str, Any] = constraint.report()
     out["backend"] = "llguidance"
     out["complete"] = None if matcher is None else bool(matcher.is_accepting())
-    if decoder is not None:
-        out.update(decoder.report())
+    if stats is not None:
+        out.update(stats)
     if constraint.kind == "json_schema":
         out.update(check_json(text, constraint.schema))
     return out
+
+
+def parity_section(constraint: Constraint, stats: dict | None) -> dict:
+    """``report["constraint"]`` of a parity run: the constraint as reported and the harness's
+    mask statistics (``mask_changed_tokens``: steps whose unconstrained argmax the mask
+    disallowed; ``dead_matcher``: None or where and why the matcher died)."""
+    stats = stats or {}
+    return {**constraint.report(), "backend": "llguidance",
+            "mask_changed_tokens": stats.get("mask_changed_tokens"),
+            "masked_steps": stats.get("masked_steps"),
+            "dead_matcher": stats.get("dead_matcher")}

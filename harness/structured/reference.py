@@ -15,7 +15,13 @@ import numpy as np
 from .constraint import Constraint
 from .llguidance_backend import LLGuidanceBackend
 
-__all__ = ["LLGuidanceLogitsProcessor", "reference_processor"]
+__all__ = ["LLGuidanceLogitsProcessor", "reference_processor", "mask_step"]
+
+
+def mask_step(constraint: Constraint) -> dict:
+    """The harness's mask step described as the reference's processor (``describe_processor``
+    form), so the parity report's processor lists compare like for like."""
+    return {"name": "LLGuidanceLogitsProcessor", "kind": constraint.kind}
 
 
 def _processor_base():
@@ -25,13 +31,15 @@ def _processor_base():
 
 
 class LLGuidanceLogitsProcessor(_processor_base()):
-    """Mask each step's scores to what the grammar allows (batch size 1)."""
+    """Mask each step's scores to what the grammar allows (batch size 1). Its only public field
+    is ``kind`` (what the parity report's processor list shows)."""
 
-    def __init__(self, ll_matcher: Any, vocab_size: int) -> None:
-        self.matcher = ll_matcher
-        self.bitmask = np.full((1, (vocab_size + 31) // 32), -1, dtype=np.int32)
+    def __init__(self, ll_matcher: Any, vocab_size: int, kind: str) -> None:
+        self.kind = kind
+        self._matcher = ll_matcher
+        self._bitmask = np.full((1, (vocab_size + 31) // 32), -1, dtype=np.int32)
         self._prompt_length: int | None = None
-        self.calls = 0
+        self._calls = 0
 
     def __call__(self, input_ids, scores):
         import torch
@@ -42,11 +50,11 @@ class LLGuidanceLogitsProcessor(_processor_base()):
         if self._prompt_length is None:
             self._prompt_length = int(input_ids.shape[1])
         else:
-            self.matcher.consume_token(int(input_ids[0, -1]))
-        self.calls += 1
-        self.matcher.unsafe_compute_mask_ptr(self.bitmask.ctypes.data, self.bitmask.nbytes)
+            self._matcher.consume_token(int(input_ids[0, -1]))
+        self._calls += 1
+        self._matcher.unsafe_compute_mask_ptr(self._bitmask.ctypes.data, self._bitmask.nbytes)
         masked = scores.detach().to("cpu", torch.float32, copy=True)
-        apply_token_bitmask_inplace(masked.numpy(), self.bitmask)
+        apply_token_bitmask_inplace(masked.numpy(), self._bitmask)
         return masked.to(scores.device)
 
 
@@ -59,4 +67,4 @@ def reference_processor(constraint: Constraint, hf_tokenizer: Any, vocab_size: i
     bridge = backend.bridge(hf_tokenizer, vocab_size, eos_token_ids)
     grammar = backend.compile(constraint, bridge)
     return LLGuidanceLogitsProcessor(LLMatcher(bridge, grammar, log_level=0),
-                                     int(bridge.vocab_size))
+                                     int(bridge.vocab_size), constraint.kind)
