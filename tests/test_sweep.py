@@ -19,7 +19,7 @@ import pytest
 
 from harness.sweep import results
 from harness.sweep.cli import main
-from harness.sweep.spec import SpecError, expand
+from harness.sweep.spec import expand
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = REPO / "tests" / "sweep_fixtures" / "small.toml"

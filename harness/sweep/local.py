@@ -6,11 +6,10 @@ a time over a pipe, so the driver always knows which case a worker holds: a work
 """
 from __future__ import annotations
 
-import sys
 from collections import deque
 from typing import Iterator
 
-from .worker import Settings, error_record, process_main, run_case, setup
+from .worker import Settings, error_record, process_main, run_case, setup, teardown
 
 __all__ = ["run_local"]
 
@@ -26,17 +25,18 @@ def run_local(tasks: list[dict], out_root: str, settings: Settings,
 
 
 def _in_process(tasks, out_root, settings: Settings, device) -> Iterator[dict]:
-    from harness import loaded
+    before = None
+    if settings.threads:  # the cases set it; the process gets its own count back after
+        import torch
 
-    torch = sys.modules.get("torch")
-    before = torch.get_num_threads() if torch is not None and settings.threads else None
+        before = torch.get_num_threads()
     setup(settings.threads, settings.keep)
     where = {"executor": "local", "slot": 0, "cuda_device": device}
     try:
         for task in tasks:
             yield run_case(task, out_root, where)
     finally:
-        loaded.disable()
+        teardown()
         if before is not None:
             torch.set_num_threads(before)
 

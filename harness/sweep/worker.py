@@ -15,10 +15,13 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-__all__ = ["Settings", "setup", "run_case", "error_record", "process_main", "task_of"]
+__all__ = ["Settings", "setup", "teardown", "run_case", "error_record", "process_main",
+           "task_of"]
 
 #: Exit codes of ``run_parsed`` that mean the case did not run to a verdict.
 ERROR_CODES = (1, 2)
+#: torch threads of this worker (None: torch's default), from ``setup``.
+_threads: int | None = None
 
 
 def task_of(case, settings: "Settings") -> dict:
@@ -40,13 +43,27 @@ class Settings:
 
 def setup(threads: int | None, keep: int) -> None:
     """Make this process a sweep worker: its torch thread count, its kept models."""
+    import threading
+
+    from tqdm import tqdm
+
     from harness import loaded
 
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    # A thread lock, not tqdm's default multiprocessing one: a worker killed mid-case then
+    # leaves no semaphore behind for the resource tracker to complain about.
+    tqdm.set_lock(threading.RLock())
+    global _threads
+    _threads = threads  # set per case, inside its captured console (torch's import talks)
     loaded.enable(keep)
+
+
+def teardown() -> None:
+    """Undo ``setup``: no thread count to set, no kept models."""
+    from harness import loaded
+
+    global _threads
+    _threads = None
+    loaded.disable()
 
 
 def _args(task: dict, case_dir: Path):
@@ -70,6 +87,10 @@ def run_case(task: dict, out_root: str | Path, where: dict) -> dict:
     t0 = time.perf_counter()
     try:
         with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            if _threads:
+                import torch
+
+                torch.set_num_threads(_threads)
             code, payload = run_parsed(_args(task, case_dir))
     except Exception as exc:  # recorded; the sweep goes on
         code, payload = 1, {"error": f"{type(exc).__name__}: {exc}".strip(),
@@ -140,6 +161,9 @@ def process_main(conn, slot: int, cuda_device: str | None, threads: int | None, 
     sends over ``conn`` until it sends None or goes away."""
     if cuda_device is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = cuda_device  # before torch is imported
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's: it stops the workers
     parent = os.getppid()
     _die_with_parent()
     if os.getppid() != parent:  # the driver died before the hook was set
