@@ -30,7 +30,9 @@ class ImagePiece:
 
     ``placeholder_ids`` are the ids of the range as they appear in the prompt (what
     ImageMetadata's ``[start_idx, end_idx)`` covers); ``embedding_positions`` are offsets inside it
-    that receive encoder rows (None = all); ``grid_thw`` is Qwen2-VL's merged patch grid.
+    that receive encoder rows (None = all); ``grid_thw`` is the three numbers a family's encoder
+    call needs beside the pixels (Qwen2-VL: the merged patch grid; LLaVA-OneVision / NeXT: the
+    images in the prompt and the original height and width).
     """
 
     pixel_values: np.ndarray
