@@ -107,3 +107,52 @@ def test_decode_step_overhead(benchmark):
     benchmark.extra_info.update(overhead_us_per_step=over, step_us=total)
     print(f"\ndecode step: {total:.1f} µs, outside the forward: {over:.1f} µs")
     assert over < total
+
+
+# -- issue #14 families: the same rows per family (harness vs generate(), per-step overhead) -------
+FAMILY_MODELS = ("tiny-qwen2.5-vl",)
+
+
+@pytest.mark.parametrize("name", FAMILY_MODELS)
+def test_family_harness_generate(benchmark, name):
+    from harness.pipelines.vlm import VLMPipeline
+
+    benchmark.group = f"vlm-generate-{name}"
+    pipe, tok = VLMPipeline(family(name)), tokenizer(name)
+    _info(benchmark, "harness")
+    result = benchmark.pedantic(lambda ctx: pipe.generate(ctx),
+                                setup=lambda: ((tok.new_context(_request()),), {}),
+                                rounds=10, warmup_rounds=1)
+    assert len(result.tokens) == NEW_TOKENS
+
+
+@pytest.mark.parametrize("name", FAMILY_MODELS)
+def test_family_hf_generate(benchmark, name):
+    benchmark.group = f"vlm-generate-{name}"
+    fam = family(name)
+    inputs = fam.context_inputs(tokenizer(name).new_context(_request()))
+    gc = copy.deepcopy(fam.model.generation_config)
+    gc.eos_token_id, gc.do_sample, gc.max_new_tokens = None, False, NEW_TOKENS
+    gc.temperature = gc.top_k = gc.top_p = None
+    _info(benchmark, "model.generate()")
+
+    def go():
+        with torch.inference_mode():
+            return fam.model.generate(**inputs, generation_config=gc)
+
+    out = benchmark.pedantic(go, rounds=10, warmup_rounds=1)
+    assert out.shape[1] == inputs["input_ids"].shape[1] + NEW_TOKENS
+
+
+@pytest.mark.parametrize("name", FAMILY_MODELS)
+def test_family_decode_step_overhead(benchmark, name):
+    from harness.pipelines.vlm import VLMPipeline
+
+    benchmark.group = f"vlm-step-overhead-{name}"
+    pipe, tok = VLMPipeline(family(name)), tokenizer(name)
+    _info(benchmark, "harness decode loop")
+    over, total = benchmark.pedantic(lambda: decode_overhead_us(pipe, tok), rounds=1,
+                                     iterations=1)
+    benchmark.extra_info.update(overhead_us_per_step=over, step_us=total)
+    print(f"\n{name} decode step: {total:.1f} µs, outside the forward: {over:.1f} µs")
+    assert over < total

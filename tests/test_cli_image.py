@@ -58,6 +58,8 @@ def test_version_and_list_models_need_no_prompt():
     rows = {line.split()[0]: line for line in models.stdout.splitlines()[1:]}
     assert "tiny-flux1" in rows["flux1"] and "replica-pixtral-12b" in rows["pixtral"]
     assert "text" in rows["llava"] and "image" in rows["z_image"]
+    assert "tiny-qwen2.5-vl" in rows["qwen2_5_vl"]
+    assert "replica-qwen2.5-vl-3b-instruct" in rows["qwen2_5_vl"]
     missing = run_cli()
     assert missing.returncode == 2
     assert missing.stderr.strip() == "error: the following arguments are required: --prompt"
