@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="store_true",
                    help="print the harness's and its libraries' versions, then exit")
     img = p.add_argument_group("image generation (omitted options take the model's pipeline "
-                               "defaults, as diffusers does)")
+                               "defaults, as diffusers does; tiny-* models fill in --height 256 "
+                               "--width 256 --steps 8 as if typed)")
     img.add_argument("--negative-prompt", default=None, help="negative prompt (default: none)")
     img.add_argument("--height", type=int, default=None,
                      help="pixels (default: the pipeline's, 128 x VAE scale factor = 1024 for "
@@ -163,8 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="prefill chunk size (default: the whole prompt in one chunk)")
     txt.add_argument("--temperature", type=float, default=None,
                      help="(default 0: greedy; > 0 samples, with --seed)")
-    txt.add_argument("--top-k", type=int, default=None, help="(default 0: off)")
-    txt.add_argument("--top-p", type=float, default=None, help="(default 1.0: off)")
+    txt.add_argument("--top-k", type=int, default=None,
+                     help="when sampling (default: the folder's generation_config, else "
+                          "transformers' 50; 0 = off)")
+    txt.add_argument("--top-p", type=float, default=None,
+                     help="when sampling (default: the folder's generation_config, else 1.0 = "
+                          "off)")
     constraint = txt.add_mutually_exclusive_group()
     constraint.add_argument("--json-schema", default=None, metavar="FILE_OR_JSON",
                             help="structured output: JSON valid under this JSON Schema (a file or "
@@ -189,13 +194,26 @@ def build_parser() -> argparse.ArgumentParser:
                         help="replace a previous run's files in --output-dir as a set (the old "
                              "set stays whole until the new one is complete)")
     common.add_argument("--parity", action="store_true",
-                        help="also run the reference pipeline and write parity.json / parity.md; "
-                             "exit 3 when the verdict is not bitwise / pass")
+                        help="also run the reference pipeline and write parity.json, parity.md "
+                             "and report.html (a self-contained page); exit 3 when the verdict "
+                             "is not bitwise / pass")
     common.add_argument("--tolerance", type=_tolerance, default=None, metavar="X",
                         help="with --parity: accept final latents within max |diff| X (verdict "
                              "'close') for image models; raise the fixed logit bound to X for "
                              "VLMs")
     common.add_argument("--quiet", action="store_true", help="no progress bar, one summary line")
+    ws = p.add_argument_group("workstation GPU (the libraries' own mechanisms; see README)")
+    ws.add_argument("--offload", default="none",
+                    help="none (default), model (accelerate hooks in the pipeline's order, "
+                         "enable_model_cpu_offload), group (diffusers' group offloading, one "
+                         "block per group), sequential (accelerate, layer by layer)")
+    ws.add_argument("--quantize", default=None,
+                    help="quantize the denoiser (image) or language model (VLM) at load: "
+                         "int8wo (torchao int8 weight-only), fp8wo (torchao float8 "
+                         "weight-only, GPU), nf4 (bitsandbytes, GPU) (default: off)")
+    ws.add_argument("--compile", action="store_true",
+                    help="regional torch.compile of the transformer's repeated blocks; the "
+                         "warm-up call compiles, reported apart as compile_s")
     return p
 
 
@@ -299,6 +317,23 @@ def _check_device(device: str) -> None:
         raise RequestError("--device cuda was asked for, but torch sees no CUDA device")
 
 
+def _modes(args, modality: str):
+    """The run's workstation modes (``--offload``, ``--quantize``, ``--compile``), refused here
+    (exit 2) when this machine or model kind cannot run them, before any weight loads."""
+    from harness.workstation import Modes, check_modes
+
+    modes = Modes(offload=args.offload, quantize=args.quantize, compile=args.compile)
+    check_modes(modes, args.device, args.dtype, modality)
+    return modes
+
+
+def _modes_text(modes) -> str:
+    on = [f"--offload {modes.offload}"] if modes.offload != "none" else []
+    on += [f"--quantize {modes.quantize}"] if modes.quantize else []
+    on += ["--compile"] if modes.compile else []
+    return " ".join(on) or "default settings"
+
+
 def _with_tiny_defaults(args, resolved) -> tuple[argparse.Namespace, dict]:
     """``(args, presets)``: a tiny model's request defaults (``TINY_REQUEST_DEFAULTS``) filled in
     where the user left a flag out, as if typed (so the reference gets them too); the size only
@@ -381,9 +416,15 @@ def _run_image(args, resolved, outputs: _Outputs, say) -> dict:
 
     from harness import loaded
 
-    denoiser = loaded.denoiser(fam.Denoiser, resolved.path, rules, device=args.device,
-                               dtype=args.dtype, progress=not args.quiet)
-    warmup_s = 0.0 if args.no_warmup else denoiser.warm_up(ctx)
+    modes = _modes(args, "image")
+    try:
+        denoiser = loaded.denoiser(fam.Denoiser, resolved.path, rules, device=args.device,
+                                   dtype=args.dtype, progress=not args.quiet, modes=modes)
+    except ValueError as exc:  # e.g. a transformer without repeated blocks to compile
+        raise RequestError(f"cannot load {resolved.name!r} with {_modes_text(modes)}: "
+                           f"{exc}") from None
+    # --compile: the warm-up call is where the compile happens, so it always runs
+    warmup_s = 0.0 if args.no_warmup and not modes.compile else denoiser.warm_up(ctx)
     result = denoiser(ctx, record_steps=args.parity)
 
     from harness.context import ImageContent
@@ -403,6 +444,7 @@ def _run_image(args, resolved, outputs: _Outputs, say) -> dict:
         "prepare_s": result.timings["prepare_s"], "steps_s": steps,
         "per_step_s": sum(steps) / len(steps) if steps else 0.0,
         "decode_s": result.timings["decode_s"], "generate_s": result.timings["total_s"],
+        "compile_s": warmup_s if modes.compile else None,
     }
     payload: dict[str, Any] = {
         "request": _request_options(request),
@@ -419,6 +461,9 @@ def _run_image(args, resolved, outputs: _Outputs, say) -> dict:
         "files": files,
         "device": args.device, "dtype": args.dtype,
         "tiny_request_defaults": presets,
+        "modes": modes.as_dict(),
+        "memory": {"load": denoiser.load_memory, **(result.memory or {})},
+        "load_log": denoiser.load_log,
     }
     cache = getattr(result, "cache", None)
     if cache is not None:
@@ -439,8 +484,21 @@ def _run_image(args, resolved, outputs: _Outputs, say) -> dict:
     payload["versions"] = _versions()
     say(f"timings: load {timings['load_s']:.2f}s, warm-up {warmup_s:.2f}s, new_context "
         f"{new_context_s * 1e3:.1f}ms, {len(steps)} steps x {timings['per_step_s'] * 1e3:.1f}ms, "
-        f"decode {timings['decode_s'] * 1e3:.1f}ms, total {timings['total_s']:.2f}s")
+        f"decode {timings['decode_s'] * 1e3:.1f}ms, total {timings['total_s']:.2f}s"
+        + (f" (compile in the warm-up: {warmup_s:.2f}s)" if modes.compile else ""))
+    say(_memory_line(payload["memory"]))
     return payload
+
+
+def _memory_line(memory: dict) -> str:
+    """One console line: the peak of the run and of each phase (CUDA allocated on a GPU, else
+    host RSS)."""
+    key = "cuda_max_allocated_mib" if "cuda_max_allocated_mib" in memory else "peak_rss_mib"
+    what = "CUDA allocated" if key.startswith("cuda") else "host RSS"
+    phases = {"load": memory.get("load") or {}, **(memory.get("phases") or {})}
+    parts = ", ".join(f"{k} {v[key]:.0f}" for k, v in phases.items() if v.get(key) is not None)
+    top = max([v[key] for v in phases.values() if v.get(key) is not None] or [0])
+    return f"memory: peak {what} {top:.0f} MiB ({parts})"
 
 
 def _request_options(request) -> dict:
@@ -475,6 +533,8 @@ def _image_parity(args, resolved, rules, denoiser, request, ctx, result, timings
                                                           "steps_s": timings["steps_s"]},
         **fbc)
     report["tiny_request_defaults"] = presets or {}
+    report["modes"] = denoiser.modes.as_dict()
+    report["memory"] = {"load": denoiser.load_memory, **(result.memory or {})}
     for path in write_parity(outputs.open(), report, ref, files, result.images):
         say(f"wrote {outputs.shown(path)}")
     say(f"parity: {report['verdict']} (final latents max |diff| "

@@ -76,24 +76,37 @@ def _key(kind: str, loader: Any, folder, device: str, dtype: str) -> tuple:
     return kind, name, str(Path(folder).resolve()), str(device), str(dtype)
 
 
-def denoiser(cls, folder, rules, *, device: str, dtype: str, progress: bool):
+def denoiser(cls, folder, rules, *, device: str, dtype: str, progress: bool, modes=None):
     """``cls.from_folder(folder, rules, ...)``; while enabled, a new denoiser over the modules
-    kept for the same folder, device and dtype (its ``load_s`` is 0 when nothing was loaded)."""
+    kept for the same folder, device, dtype and workstation modes (its ``load_s`` is 0 when
+    nothing was loaded)."""
     if _memo is None:
-        return cls.from_folder(folder, rules, device=device, dtype=dtype, progress=progress)
-    first, loaded_now = _get(_key("denoiser", cls, folder, device, dtype), lambda: cls.from_folder(
-        folder, rules, device=device, dtype=dtype, progress=progress))
+        return cls.from_folder(folder, rules, device=device, dtype=dtype, progress=progress,
+                               modes=modes)
+    key = _key("denoiser", cls, folder, device, dtype) + (repr(modes),)
+    first, loaded_now = _get(key, lambda: cls.from_folder(
+        folder, rules, device=device, dtype=dtype, progress=progress, modes=modes))
     out = cls(first.c, rules, device=device, dtype=dtype, progress=progress)
     out.load_s = first.load_s if loaded_now else 0.0
+    out.modes, out.load_log, out.load_memory = first.modes, first.load_log, first.load_memory
     return out
 
 
-def vlm_family(family_module, folder, *, device: str, dtype: str):
-    """``family_module.load(folder, device=, dtype=)``; while enabled, the adapter kept for the
-    same folder, device and dtype."""
-    load = family_module.load
+def vlm_family(family_module, folder, *, device: str, dtype: str, modes=None):
+    """``family_module.load(folder, device=, dtype=)`` under the workstation ``modes`` (loaded on
+    the CPU when offloading, then ``harness.workstation.apply_vlm_modes``); while enabled, the
+    adapter kept for the same folder, device, dtype and modes. The adapter's ``load_log`` holds
+    what the libraries logged while quantizing / hooking."""
+    def load():
+        from harness.workstation import Modes, apply_vlm_modes
+
+        m = modes or Modes()
+        family = family_module.load(folder, device="cpu" if m.offload != "none" else device,
+                                    dtype=dtype)
+        family.load_log = apply_vlm_modes(family, m, device)
+        return family
+
     if _memo is None:
-        return load(folder, device=device, dtype=dtype)
-    value, _ = _get(_key("vlm", load, folder, device, dtype),
-                    lambda: load(folder, device=device, dtype=dtype))
+        return load()
+    value, _ = _get(_key("vlm", family_module.load, folder, device, dtype) + (repr(modes),), load)
     return value

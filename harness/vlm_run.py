@@ -223,9 +223,17 @@ def run(args, resolved, output_dir: Path, shown_dir: Path | None = None) -> dict
         if not torch.cuda.is_available():
             raise RequestError("--device cuda was asked for, but torch sees no CUDA device")
     from harness import loaded
+    from harness.memory import MemoryMeter
+    from harness.workstation import Modes, check_modes
 
-    family = loaded.vlm_family(resolved.family, resolved.path, device=opts["device"],
-                               dtype=opts["dtype"])
+    modes = Modes(offload=getattr(args, "offload", None) or "none",
+                  quantize=getattr(args, "quantize", None),
+                  compile=bool(getattr(args, "compile", False)))
+    check_modes(modes, opts["device"], opts["dtype"], "text")
+    meter = MemoryMeter(opts["device"])
+    with meter.phase("load"):
+        family = loaded.vlm_family(resolved.family, resolved.path, device=opts["device"],
+                                   dtype=opts["dtype"], modes=modes)
     load_s = time.perf_counter() - t0
     tokenizer = TextAndVisionTokenizer(family)
     request = TextGenerationRequest(
@@ -241,8 +249,9 @@ def run(args, resolved, output_dir: Path, shown_dir: Path | None = None) -> dict
             f"seed: {opts['seed']}")
     say(f"model {resolved.name} ({family.family}), prompt {len(prompt_ids)} tokens, "
         f"{len(ctx.images)} image(s), chunk size {opts['chunk_size'] or 'whole prompt'}")
-    result = VLMPipeline(family).generate(ctx, chunk_size=opts["chunk_size"],
-                                          keep_logits=opts["parity"])
+    with meter.phase("generate"):
+        result = VLMPipeline(family).generate(ctx, chunk_size=opts["chunk_size"],
+                                              keep_logits=opts["parity"])
     text = family.tokenizer.decode(result.tokens, skip_special_tokens=True)
     print(text, flush=True)
     total = time.perf_counter() - t0
@@ -265,6 +274,8 @@ def run(args, resolved, output_dir: Path, shown_dir: Path | None = None) -> dict
                      "top_p": sampling["top_p"], "seed": opts["seed"], "greedy": opts["greedy"],
                      "sampling_sources": sampling["sources"]},
         "device": opts["device"], "dtype": opts["dtype"],
+        "modes": modes.as_dict(), "memory": meter.summary(),
+        "load_log": list(getattr(family, "load_log", [])),
         "torch_threads": _versions()["torch_threads"],
         "versions": _versions(),
     }
@@ -288,4 +299,5 @@ def run(args, resolved, output_dir: Path, shown_dir: Path | None = None) -> dict
         say(f"parity: {report['verdict']} ({detail}); wrote {Path(shown_dir or output_dir) / 'parity.json'}")
     say(f"load {load_s:.2f}s  prefill {result.prefill_s:.3f}s  decode {result.decode_s:.3f}s  "
         f"({n} tokens)  total {total:.2f}s")
+    say(meter.line())
     return payload

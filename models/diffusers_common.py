@@ -68,17 +68,31 @@ def check_tiny_name(name: str, names: tuple[str, ...], label: str) -> None:
 
 
 def load_pretrained(folder: str | os.PathLike, classes: dict, *, device: str,
-                    dtype: str) -> dict:
+                    dtype: str, quantize: str | None = None) -> dict:
     """``{name: cls.from_pretrained(folder / name, local_files_only=True)}`` in ``dtype``, in
-    order, each moved to ``device``, in eval mode and frozen. Call ``offline_env()`` first."""
+    order, each moved to ``device``, in eval mode and frozen. ``quantize`` (``--quantize``)
+    quantizes the denoiser ``transformer`` at load through diffusers' own quantizers
+    (``harness.workstation.quantization_config``). Call ``offline_env()`` first."""
     from transformers.utils import logging as hf_logging
+
+    from harness.workstation import quantization_config
 
     hf_logging.disable_progress_bar()  # per-file "Loading weights" bars
     folder = Path(folder)
     kw = {"local_files_only": True, "torch_dtype": torch_dtype(dtype)}
-    comps = {name: cls.from_pretrained(folder / name, **kw) for name, cls in classes.items()}
-    for module in comps.values():
-        module.to(device).eval().requires_grad_(False)
+    comps = {}
+    for name, cls in classes.items():
+        extra = {}
+        if quantize is not None and name == "transformer":
+            extra["quantization_config"] = quantization_config(quantize, "diffusers",
+                                                               kw["torch_dtype"])
+            if quantize == "nf4":  # 4-bit weights are placed at load and cannot be moved
+                extra["device_map"] = device
+        comps[name] = cls.from_pretrained(folder / name, **kw, **extra)
+    for name, module in comps.items():
+        if not (quantize == "nf4" and name == "transformer"):
+            module.to(device)
+        module.eval().requires_grad_(False)
     return comps
 
 

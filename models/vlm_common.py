@@ -9,6 +9,7 @@ from typing import Callable
 
 from harness.env import offline_env, torch_dtype
 from harness.pipelines.vlm_family import VLMFamily
+from harness.workstation import execution_device
 
 __all__ = ["build_byte_tokenizer", "redraw_weights", "load_family", "image_features", "tiny_model",
            "save_all", "tiny_build", "config_matches", "read_json", "processor_config",
@@ -194,7 +195,7 @@ def image_features(model, pixel_values, *, batched: bool = True, **kwargs):
     import torch
 
     pv = torch.as_tensor(pixel_values)
-    pv = (pv[None] if batched else pv).to(model.device, model.dtype)
+    pv = (pv[None] if batched else pv).to(execution_device(model), model.dtype)
     out = model.get_image_features(pixel_values=pv, return_dict=True, **kwargs).pooler_output
     if isinstance(out, torch.Tensor):
         return out.reshape(-1, out.shape[-1])

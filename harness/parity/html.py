@@ -154,6 +154,27 @@ def _environment(env: dict) -> str:
     return "<h2>Environment</h2>" + _kv_table(env)
 
 
+def _memory_section(memory: dict | None, modes: dict | None) -> str:
+    """Per-phase memory figures (host peak RSS, CUDA peaks) and the workstation modes."""
+    if not memory:
+        return ""
+    phases = {"load": memory.get("load") or {}, **(memory.get("phases") or {})}
+    cols = [("peak_rss_mib", "peak host RSS (MiB)"),
+            ("cuda_max_allocated_mib", "CUDA max allocated (MiB)"),
+            ("cuda_max_reserved_mib", "CUDA max reserved (MiB)")]
+    cols = [c for c in cols if any(c[0] in p for p in phases.values())]
+    out = ["<h2>Memory</h2>"]
+    if modes:
+        out.append("<p>Modes: " + ", ".join(f"{esc(k)}={esc(v)}" for k, v in modes.items())
+                   + ".</p>")
+    out.append(table(["phase", *[c[1] for c in cols]],
+                     [[name, *[p.get(c[0]) for c in cols]] for name, p in phases.items()]))
+    if memory.get("rss_peak_reset_per_phase") is False:
+        out.append("<p>The host peak could not be reset between phases here: each figure is the "
+                   "process's peak so far.</p>")
+    return "".join(out)
+
+
 # -- image parity ----------------------------------------------------------------------------------
 def _diff_heatmap(a: np.ndarray, b: np.ndarray, index: int) -> str:
     """|harness − reference| per pixel (max over RGB), amplified: the colour scale runs to the
@@ -303,6 +324,8 @@ def image_report_html(report: dict, ours_images: np.ndarray, ref_images: np.ndar
          sum(r_steps) if r_steps else None]]))
     if h_steps or r_steps:
         body.append(_timings_plot(h_steps, r_steps))
+
+    body.append(_memory_section(report.get("memory"), report.get("modes")))
 
     fbc = report.get("first_block_cache")
     if fbc:

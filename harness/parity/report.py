@@ -145,6 +145,15 @@ def environment(packages: Sequence[str] = ("torch", "diffusers", "transformers",
     return env
 
 
+def _configure(name: str) -> None:
+    """Let diffusers / transformers set up their library loggers now: they add their own
+    console handler at first import, which would bypass a capture installed before it."""
+    if name in ("diffusers", "transformers"):
+        import importlib
+
+        importlib.import_module(f"{name}.utils.logging").get_logger()
+
+
 @contextmanager
 def captured_logs(*names: str):
     """Collect what the libraries' loggers (default: diffusers, transformers) say at warning level
@@ -158,6 +167,7 @@ def captured_logs(*names: str):
 
     saved = []
     for name in names or ("diffusers", "transformers"):
+        _configure(name)
         logger = logging.getLogger(name)
         saved.append((logger, logger.handlers[:], logger.propagate))
         logger.handlers = [_Keep(level=logging.WARNING)]

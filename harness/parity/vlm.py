@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from harness.workstation import execution_device
+
 __all__ = ["ReferenceRun", "raw_messages", "reference_inputs", "reference_generate", "compare",
            "compare_inputs", "reference_floor", "parity_report", "write_report",
            "fixed_split_cuts", "run_parity", "compare_sampling", "reference_settings",
@@ -103,7 +105,7 @@ def _on_model(model, inputs: dict) -> dict:
     out = {}
     for k, v in inputs.items():
         if isinstance(v, torch.Tensor):
-            v = v.to(model.device)
+            v = v.to(execution_device(model))
             if v.is_floating_point():
                 v = v.to(model.dtype)
         out[k] = v

@@ -26,6 +26,7 @@ class PixelResult:
     decoded: np.ndarray | None = None  # (N, H, W, 3) float32 in [0, 1], before quantisation
     timings: dict[str, Any] = field(default_factory=dict)
     cache: dict | None = None          # first-block cache stats (FirstBlockCache.stats), if it ran
+    memory: dict | None = None         # per-phase memory figures (harness.memory.MemoryMeter)
 
 
 def sync(device) -> None:
@@ -52,6 +53,10 @@ class DenoiserBase:
     LOOP_FAULTS: tuple[str, ...] = ()
     #: The ModuleLists the first-block cache spans (None: FirstBlockCache's default).
     CACHE_BLOCKS: tuple[str, ...] | None = None
+    #: ``--offload model``: the components in the order the pipeline calls them (its
+    #: ``model_cpu_offload_seq``; components not named follow in load order).
+    OFFLOAD_ORDER: tuple[str, ...] = ("text_encoder", "text_encoder_2", "image_encoder",
+                                      "transformer", "vae")
 
     def __init__(self, components: dict, rules, *, device: str = "cpu", dtype: str = "float32",
                  progress: bool = True, first_block_cache: bool = False):
@@ -69,17 +74,38 @@ class DenoiserBase:
         # The numba kernels are exact float32 data movement / arithmetic on host memory.
         self._host_f32 = self.device.type == "cpu" and self.dtype == torch.float32
         self.load_s = 0.0
+        from harness.workstation import Modes
+
+        self.modes = Modes()
+        #: What the libraries logged while loading (quantizers, optional kernels), not printed.
+        self.load_log: list[str] = []
+        self.load_memory: dict | None = None
 
     @classmethod
     def from_folder(cls, folder, rules, *, device: str = "cpu", dtype: str = "float32",
-                    progress: bool = True, first_block_cache: bool = False):
-        """Load the components of ``folder`` and time it (``load_s``)."""
+                    progress: bool = True, first_block_cache: bool = False, modes=None):
+        """Load the components of ``folder`` and time it (``load_s``). ``modes``
+        (``harness.workstation.Modes``): quantize at load, install the offload hooks (loading
+        on the CPU first), mark the transformer's repeated blocks for regional compile."""
+        from harness.memory import MemoryMeter
+        from harness.workstation import Modes, apply_offload, quiet_imports
+
+        modes = modes or Modes()
+        meter = MemoryMeter(device)
         t0 = time.perf_counter()
-        comps = cls.load_components(folder, device=device, dtype=dtype)
-        sync(device)
+        kw = {"quantize": modes.quantize} if modes.quantize else {}
+        with meter.phase("load"), quiet_imports() as log:
+            comps = cls.load_components(
+                folder, device="cpu" if modes.offload != "none" else device, dtype=dtype, **kw)
+            apply_offload(comps, modes.offload, device, cls.OFFLOAD_ORDER)
+            if modes.compile:
+                comps["transformer"].compile_repeated_blocks(fullgraph=True)
+            sync(device)
         self = cls(comps, rules, device=device, dtype=dtype, progress=progress,
                    first_block_cache=first_block_cache)
         self.load_s = time.perf_counter() - t0
+        self.modes, self.load_log = modes, log
+        self.load_memory = meter.phases["load"]
         return self
 
     @staticmethod
@@ -139,36 +165,42 @@ class DenoiserBase:
         import torch
         from tqdm.auto import tqdm
 
+        from harness.memory import MemoryMeter
+
         fbc = self._cache(ctx)
+        meter = MemoryMeter(self.device)
         t_total = time.perf_counter()
         timings: dict[str, Any] = {}
         with torch.no_grad(), fbc:
-            st = self._prepare(ctx, fault)
-            latents = st["latents"]
-            initial = _host(latents) if record_steps else None
-            sync(self.device)
+            with meter.phase("text_encoders"):
+                st = self._prepare(ctx, fault)
+                latents = st["latents"]
+                initial = _host(latents) if record_steps else None
+                sync(self.device)
             timings["prepare_s"] = time.perf_counter() - t_total
 
             steps_s, recorded = [], []
             count = len(ctx.timesteps)
             bar = tqdm(total=count, desc="denoise", unit="step", leave=False,
                        disable=not self.progress)
-            for i in range(count):
-                t_step = time.perf_counter()
-                latents = self._step(ctx, st, latents, i, fault, fbc)
-                if record_steps:
-                    recorded.append(_host(latents))
-                sync(self.device)
-                steps_s.append(time.perf_counter() - t_step)
-                bar.update()
+            with meter.phase("denoise"):
+                for i in range(count):
+                    t_step = time.perf_counter()
+                    latents = self._step(ctx, st, latents, i, fault, fbc)
+                    if record_steps:
+                        recorded.append(_host(latents))
+                    sync(self.device)
+                    steps_s.append(time.perf_counter() - t_step)
+                    bar.update()
             bar.close()
             timings["steps_s"] = steps_s
 
             t0 = time.perf_counter()
-            images, decoded = self._decode(latents, ctx, fault)
+            with meter.phase("decode"):
+                images, decoded = self._decode(latents, ctx, fault)
             timings["decode_s"] = time.perf_counter() - t0
         timings["total_s"] = time.perf_counter() - t_total
         return PixelResult(
             images=images, decoded=decoded, final_latents=_host(latents),
             timesteps=np.array(ctx.timesteps), step_latents=recorded, initial_latents=initial,
-            timings=timings, cache=fbc.stats())
+            timings=timings, cache=fbc.stats(), memory=meter.summary())

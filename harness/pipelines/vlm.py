@@ -15,6 +15,7 @@ import numpy as np
 
 from harness.context import GenerationStatus, TextAndVisionContext
 from harness.errors import RequestError
+from harness.workstation import execution_device
 
 __all__ = ["plan_chunk_length", "EncoderCache", "VLMResult", "VLMPipeline", "sample_token",
            "warp", "warper_steps", "sampling_settings", "resolve_sampling",
@@ -202,7 +203,7 @@ class VLMPipeline:
         import torch
 
         ids = torch.from_numpy(np.array(ctx.tokens.active, dtype=np.int64))[None]
-        embeds = self.embed(ids.to(self.model.device))
+        embeds = self.embed(ids.to(execution_device(self.model)))
         first = ctx.image_idx
         for j, im in enumerate(ctx.next_images_in_window):
             pos = layout[first + j]
@@ -256,7 +257,7 @@ class VLMPipeline:
         greedy = params.temperature == 0
         gen = generator
         if not greedy and gen is None:
-            gen = torch.Generator(device=self.model.device).manual_seed(
+            gen = torch.Generator(device=execution_device(self.model)).manual_seed(
                 params.seed if params.seed is not None else DEFAULT_SEED)
         result = VLMResult(tokens=[], final_status=ctx.status)
         encoder = EncoderCache(self.family)
@@ -279,8 +280,9 @@ class VLMPipeline:
             t1 = time.perf_counter()
             # Everything a decode step needs is prepared once: the step reads one column.
             positions = self.family.decode_positions(first, max(ctx.max_length, first + 1),
-                                                     pos_state).to(model.device)
-            step_ids = torch.empty((1, 1), dtype=torch.long, device=model.device)
+                                                     pos_state).to(execution_device(model))
+            step_ids = torch.empty((1, 1), dtype=torch.long,
+                                   device=execution_device(model))
             tokens = result.tokens
             shown = ""
             while True:

@@ -9,7 +9,7 @@ __all__ = ["load_components"]
 
 
 def load_components(folder: str | os.PathLike, *, device: str = "cpu",
-                    dtype: str = "float32") -> dict:
+                    dtype: str = "float32", quantize: str | None = None) -> dict:
     """Load the four model components with ``from_pretrained(..., local_files_only=True)``."""
     offline_env()
     from diffusers import AutoencoderKL, FluxTransformer2DModel
@@ -18,4 +18,5 @@ def load_components(folder: str | os.PathLike, *, device: str = "cpu",
     return load_pretrained(folder, {"text_encoder": CLIPTextModel,
                                     "text_encoder_2": T5EncoderModel,
                                     "transformer": FluxTransformer2DModel,
-                                    "vae": AutoencoderKL}, device=device, dtype=dtype)
+                                    "vae": AutoencoderKL}, device=device, dtype=dtype,
+                           quantize=quantize)

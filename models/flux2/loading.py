@@ -10,7 +10,7 @@ __all__ = ["load_components"]
 
 
 def load_components(folder: str | os.PathLike, *, device: str = "cpu",
-                    dtype: str = "float32") -> dict:
+                    dtype: str = "float32", quantize: str | None = None) -> dict:
     """Text encoder, transformer and VAE via ``from_pretrained(..., local_files_only=True)``."""
     offline_env()
     from diffusers import AutoencoderKLFlux2, Flux2Transformer2DModel
@@ -22,4 +22,5 @@ def load_components(folder: str | os.PathLike, *, device: str = "cpu",
         from transformers import Mistral3ForConditionalGeneration as TextEncoder
     return load_pretrained(folder, {"text_encoder": TextEncoder,
                                     "transformer": Flux2Transformer2DModel,
-                                    "vae": AutoencoderKLFlux2}, device=device, dtype=dtype)
+                                    "vae": AutoencoderKLFlux2}, device=device, dtype=dtype,
+                           quantize=quantize)

@@ -9,7 +9,7 @@ __all__ = ["load_components"]
 
 
 def load_components(folder: str | os.PathLike, *, device: str = "cpu",
-                    dtype: str = "float32") -> dict:
+                    dtype: str = "float32", quantize: str | None = None) -> dict:
     """text_encoder, transformer and vae with ``from_pretrained(..., local_files_only=True)``."""
     offline_env()
     from diffusers import AutoencoderKLQwenImage, QwenImageTransformer2DModel
@@ -17,4 +17,5 @@ def load_components(folder: str | os.PathLike, *, device: str = "cpu",
 
     return load_pretrained(folder, {"text_encoder": Qwen2_5_VLForConditionalGeneration,
                                     "transformer": QwenImageTransformer2DModel,
-                                    "vae": AutoencoderKLQwenImage}, device=device, dtype=dtype)
+                                    "vae": AutoencoderKLQwenImage}, device=device, dtype=dtype,
+                           quantize=quantize)

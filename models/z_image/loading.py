@@ -21,11 +21,12 @@ def _text_encoder_class(folder: Path):
 
 
 def load_components(folder: str | os.PathLike, *, device: str = "cpu",
-                    dtype: str = "float32") -> dict:
+                    dtype: str = "float32", quantize: str | None = None) -> dict:
     """Text encoder, transformer and VAE via ``from_pretrained(..., local_files_only=True)``."""
     offline_env()
     from diffusers import AutoencoderKL, ZImageTransformer2DModel
 
     return load_pretrained(folder, {"text_encoder": _text_encoder_class(Path(folder)),
                                     "transformer": ZImageTransformer2DModel,
-                                    "vae": AutoencoderKL}, device=device, dtype=dtype)
+                                    "vae": AutoencoderKL}, device=device, dtype=dtype,
+                           quantize=quantize)
