@@ -73,7 +73,8 @@ def _check(logits, bitmask):
                         f"{getattr(logits, 'dtype', type(logits).__name__)} "
                         f"{getattr(logits, 'shape', '')}")
     if not logits.flags.c_contiguous or not logits.flags.writeable:
-        raise ValueError("logits must be C-contiguous and writeable (the mask is applied in place)")
+        raise ValueError("logits must be C-contiguous and writeable (the mask is applied in "
+                         "place)")
     if not isinstance(bitmask, np.ndarray) or bitmask.dtype != np.int32 or bitmask.ndim != 1:
         raise TypeError(f"bitmask must be a 1-D int32 numpy array, got "
                         f"{getattr(bitmask, 'dtype', type(bitmask).__name__)} "

@@ -112,12 +112,12 @@ def validate_args(args) -> dict:
     if device.split(":")[0] not in ("cpu", "cuda"):
         raise RequestError(f"--device must be cpu or cuda, got {device!r}")
     constraint = _constraint(args)
-    return {"constraint": constraint,"prompt": prompt, "images": images, "max_new_tokens": max_new, "chunk_size": chunk,
+    return {"prompt": prompt, "images": images, "max_new_tokens": max_new, "chunk_size": chunk,
             "temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed,
             "greedy": greedy, "dtype": dtype, "device": device,
             "parity": bool(getattr(args, "parity", False)),
             "tolerance": getattr(args, "tolerance", None),
-            "quiet": bool(getattr(args, "quiet", False))}
+            "quiet": bool(getattr(args, "quiet", False)), "constraint": constraint}
 
 
 def _versions() -> dict:

@@ -165,7 +165,8 @@ def reference_settings(seen: dict, seed: int | None) -> dict:
 
 def reference_generate(family, inputs, max_new_tokens: int,
                        prefill_chunk_size: int | None = None, *,
-                       sampling: dict | None = None, logits_processor: Any = None) -> ReferenceRun:
+                       sampling: dict | None = None,
+                       logits_processor: Any = None) -> ReferenceRun:
     """``model.generate()`` that emits exactly ``max_new_tokens`` (EOS disabled) on ``inputs``:
     the processor's output, or a ``TextGenerationRequest`` to build it from.
 

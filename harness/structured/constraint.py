@@ -98,7 +98,8 @@ def load_json_schema(value: Any, name: str = "json_schema") -> dict:
         validator_for(value).check_schema(value)
     except SchemaError as exc:
         where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
-        raise RequestError(f"{name} is not a valid JSON Schema at {where}: {exc.message}") from None
+        raise RequestError(f"{name} is not a valid JSON Schema at {where}: "
+                           f"{exc.message}") from None
     return value
 
 

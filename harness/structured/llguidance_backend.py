@@ -100,7 +100,7 @@ class LLGuidanceMatcher:
                                         if 0 <= int(e) < self.vocab_size} - known))
         self.tokens: list[int] = []
 
-    # -- the protocol ------------------------------------------------------------------------------
+    # -- the protocol -----------------------------------------------------------------------------
     def fill_bitmask(self, out: np.ndarray) -> None:
         words = (self.vocab_size + 31) // 32
         if out.dtype != np.int32 or out.shape != (words,) or not out.flags.c_contiguous:
@@ -135,7 +135,7 @@ class LLGuidanceMatcher:
     def error(self) -> str:
         return self._m.get_error()
 
-    # -- copies, equality, pickling ----------------------------------------------------------------
+    # -- copies, equality, pickling ---------------------------------------------------------------
     def _clone(self) -> "LLGuidanceMatcher":
         new = copy.copy(self.__dict__)
         obj = LLGuidanceMatcher.__new__(LLGuidanceMatcher)
