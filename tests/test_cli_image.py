@@ -60,6 +60,8 @@ def test_version_and_list_models_need_no_prompt():
     assert "text" in rows["llava"] and "image" in rows["z_image"]
     assert "tiny-qwen2.5-vl" in rows["qwen2_5_vl"]
     assert "replica-qwen2.5-vl-3b-instruct" in rows["qwen2_5_vl"]
+    assert "tiny-qwen3-vl" in rows["qwen3_vl"]
+    assert "replica-qwen3-vl-4b-instruct" in rows["qwen3_vl"]
     missing = run_cli()
     assert missing.returncode == 2
     assert missing.stderr.strip() == "error: the following arguments are required: --prompt"

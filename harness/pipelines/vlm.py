@@ -205,13 +205,14 @@ class VLMPipeline:
         ids = torch.from_numpy(np.array(ctx.tokens.active, dtype=np.int64))[None]
         embeds = self.embed(ids.to(execution_device(self.model)))
         first = ctx.image_idx
+        placed = []
         for j, im in enumerate(ctx.next_images_in_window):
             pos = layout[first + j]
             lo, hi = np.searchsorted(pos, start), np.searchsorted(pos, end)
             if hi > lo:
-                rows = cache.get(first + j, im)[lo:hi]
-                embeds[0, torch.from_numpy(pos[lo:hi] - start)] = rows.to(embeds.dtype)
-        return embeds
+                placed.append((torch.from_numpy(pos[lo:hi] - start),
+                               cache.get(first + j, im)[lo:hi]))
+        return embeds, self.family.place_rows(embeds, placed)
 
     def prefill(self, ctx, kv, cache: EncoderCache, chunk_size: int | None,
                 result: VLMResult):
@@ -230,10 +231,10 @@ class VLMPipeline:
             start = ctx.tokens.processed_length
             end = start + n
             inside = ctx.compute_image_aligned_idx(end) != end
-            embeds = self._chunk_embeds(ctx, cache, layout, start, end)
+            embeds, rows_kwargs = self._chunk_embeds(ctx, cache, layout, start, end)
             out = self.model(inputs_embeds=embeds, position_ids=positions[..., start:end],
                              use_cache=True, logits_to_keep=1, **{self._cache_kw: kv},
-                             **fam.chunk_kwargs(ctx, start, end))
+                             **rows_kwargs, **fam.chunk_kwargs(ctx, start, end))
             result.chunks.append((start, end))
             result.chunks_inside_image += int(inside)
             if not ctx.tokens.actively_chunked:

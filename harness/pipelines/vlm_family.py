@@ -214,6 +214,16 @@ class VLMFamily:
         """One vision-encoder call on one ``ImageMetadata``: a ``(rows, hidden)`` tensor."""
         raise NotImplementedError
 
+    def place_rows(self, embeds, placed: list[tuple[Any, Any]]) -> dict:
+        """Put one prefill chunk's encoder rows in: ``placed`` holds, per image with rows in the
+        chunk, ``(offsets in the chunk, those rows of encode()'s output)``. By default the rows
+        overwrite the placeholder embeddings in place and no model kwargs are added; a family
+        whose language model also reads the rows elsewhere (Qwen3-VL's deepstack) returns them
+        as model kwargs instead."""
+        for offsets, rows in placed:
+            embeds[0, offsets] = rows.to(embeds.dtype)
+        return {}
+
     # -- positions and per-chunk extras -----------------------------------------------------------
     def prompt_positions(self, ctx) -> Any:
         """Position ids of the whole prompt (sliced per chunk): ``(1, P)`` by default."""

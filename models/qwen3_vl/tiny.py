@@ -1,0 +1,65 @@
+"""The tiny Qwen3-VL (``tiny-qwen3-vl``): a 3-block vision tower whose first two blocks feed
+deepstack features into the first two of three text layers (the real models: 3 of 24–27 blocks
+into the first 3 text layers), a learned 8×8 position grid resampled per image, interleaved
+M-RoPE, byte tokenizer; built offline into the model cache on first use."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..vlm_common import build_byte_tokenizer, save_all, tiny_build, tiny_model
+from .adapter import FAMILY, hf_classes
+
+__all__ = ["TINY_NAMES", "RECIPE", "tiny_path"]
+
+TINY_NAMES = ("tiny-qwen3-vl",)
+
+_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+             "<|image_pad|>", "<|video_pad|>"]
+RECIPE = {
+    # std 0.3: at 0.15 (the other tiny VLMs) greedy decoding of this q/k-normed text model
+    # repeats one token whatever the images; at 0.3 the tokens follow the images
+    "family": FAMILY, "version": 1, "specials": _SPECIALS, "std": 0.3, "seed": 0,
+    "vision": {"depth": 3, "hidden_size": 32, "intermediate_size": 64, "num_heads": 4,
+               "out_hidden_size": 64, "patch_size": 4, "spatial_merge_size": 2,
+               "temporal_patch_size": 2, "num_position_embeddings": 64,
+               "deepstack_visual_indexes": [0, 1]},
+    # mrope_section [3, 3, 2]: the interleaved split of head_dim / 2 = 8 frequencies (T gets
+    # 0, 3, 6; H 1, 4, 7; W 2, 5), as [24, 20, 20] splits the real 64
+    "text": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
+             "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+             "max_position_embeddings": 1024,
+             "rope_parameters": {"rope_type": "default", "rope_theta": 5000000.0,
+                                 "mrope_section": [3, 3, 2], "mrope_interleaved": True}},
+    "processor": {"min_pixels": 16 * 16, "max_pixels": 48 * 48, "image_mean": [0.5] * 3,
+                  "image_std": [0.5] * 3},
+}
+
+
+def _build(folder: Path) -> None:
+    model_cls, processor_cls = hf_classes()  # first: it sets the offline environment
+    from transformers import Qwen3VLConfig
+
+    tok = build_byte_tokenizer(_SPECIALS, bos="<|endoftext|>", eos="<|im_end|>",
+                               pad="<|endoftext|>", named={"image_token": "<|image_pad|>",
+                                                           "video_token": "<|video_pad|>"})
+    ids = {s: tok.convert_tokens_to_ids(s) for s in _SPECIALS}
+    cfg = Qwen3VLConfig(
+        vision_config=RECIPE["vision"],
+        text_config=dict(vocab_size=len(tok), bos_token_id=ids["<|endoftext|>"],
+                         eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
+                         **RECIPE["text"]),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=True)
+    model = tiny_model(model_cls, cfg, RECIPE,
+                       eos=[ids["<|im_end|>"], ids["<|endoftext|>"]], pad=ids["<|endoftext|>"])
+    v, p = RECIPE["vision"], RECIPE["processor"]
+    proc = processor_cls(
+        size={"shortest_edge": p["min_pixels"], "longest_edge": p["max_pixels"]},
+        patch_size=v["patch_size"], temporal_patch_size=v["temporal_patch_size"],
+        merge_size=v["spatial_merge_size"], image_mean=p["image_mean"], image_std=p["image_std"])
+    save_all(folder, model, tok, proc)
+
+
+def tiny_path(name: str, cache_dir=None) -> Path:
+    return tiny_build(name, TINY_NAMES, RECIPE, _build, cache_dir)
