@@ -13,7 +13,10 @@ from .outputs import GenerationOutput, ImageContent, check_output_format
 from .status import GenerationStatus
 from .text import new_request_id
 
-__all__ = ["PixelContext"]
+__all__ = ["PixelContext", "VideoPixelContext", "VIDEO_FORMATS"]
+
+#: Containers a VideoPixelContext encodes its frames into (``harness.video`` writes them).
+VIDEO_FORMATS = ("mp4", "webp", "gif")
 
 
 def _f32() -> np.ndarray:
@@ -71,7 +74,7 @@ class PixelContext:
         if not isinstance(self.tokens, TokenBuffer):
             raise TypeError(f"tokens must be a TokenBuffer, got {type(self.tokens).__name__}")
         self.status = GenerationStatus(self.status)
-        self.output_format = check_output_format(self.output_format)
+        self.output_format = self._check_format(self.output_format)
         if self.residual_threshold is not None and not self.residual_threshold > 0:
             raise ValueError(
                 f"residual_threshold must be > 0 when given, got {self.residual_threshold!r}")
@@ -89,6 +92,10 @@ class PixelContext:
                    for f in fields(self))
 
     __hash__ = None
+
+    @staticmethod
+    def _check_format(fmt: str) -> str:
+        return check_output_format(fmt)
 
     @property
     def is_done(self) -> bool:
@@ -124,4 +131,54 @@ class PixelContext:
             if im.dtype != np.uint8:
                 im = np.clip(np.nan_to_num(im.astype(np.float64)), 0, 255).astype(np.uint8)
             out.append(ImageContent.from_array(im, self.output_format))
+        return GenerationOutput(request_id=self.request_id, final_status=self.status, output=out)
+
+
+@dataclass(kw_only=True, eq=False)
+class VideoPixelContext(PixelContext):
+    """A PixelContext for video (Wan, as MAX serves it): the frame count (``4k+1``, k the VAE's
+    temporal factor), the frame rate, Wan 2.2's second guidance scale and expert boundary, and the
+    scheduler's precomputed per-step coefficient table (``_fast.unipc`` columns; empty for an
+    Euler schedule). ``latents`` hold the (B, C, F', h, w) noise, and at the end the uint8
+    (F, H, W, 3) or (B, F, H, W, 3) frames that ``to_generation_output`` encodes."""
+
+    num_frames: int = 81
+    frame_rate: int = 16
+    temporal_factor: int = 4
+    guidance_scale_2: float | None = None
+    boundary_timestep: float | None = None
+    step_coefficients: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    output_format: str = "mp4"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        n, k = self.num_frames, self.temporal_factor
+        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1 or (n - 1) % k:
+            raise ValueError(f"num_frames must be a positive integer of the form {k}k+1, got "
+                             f"{n!r}")
+        if not isinstance(self.frame_rate, (int, np.integer)) or not 1 <= self.frame_rate <= 240:
+            raise ValueError(f"frame_rate must be an integer in [1, 240], got "
+                             f"{self.frame_rate!r}")
+
+    @staticmethod
+    def _check_format(fmt: str) -> str:
+        key = str(fmt).lower()
+        if key not in VIDEO_FORMATS:
+            raise ValueError(f"video output format {fmt!r} is not supported; allowed: "
+                             f"{', '.join(VIDEO_FORMATS)}")
+        return key
+
+    def to_generation_output(self) -> GenerationOutput:
+        """One encoded video per batch entry from the uint8 frames held in ``latents``."""
+        from harness.video import encode_video
+
+        arr = np.asarray(self.latents)
+        if arr.ndim == 4:
+            arr = arr[None]
+        if arr.ndim != 5 or arr.shape[-1] != 3 or arr.dtype != np.uint8 or arr.size == 0:
+            raise ValueError(f"to_generation_output() needs uint8 (F, H, W, 3) or (B, F, H, W, 3) "
+                             f"frames in latents, got {arr.dtype} {arr.shape}")
+        out = [ImageContent(data=encode_video(v, self.output_format, self.frame_rate),
+                            format=self.output_format, width=int(v.shape[2]),
+                            height=int(v.shape[1])) for v in arr]
         return GenerationOutput(request_id=self.request_id, final_status=self.status, output=out)

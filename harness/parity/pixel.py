@@ -297,7 +297,9 @@ class ReferenceRunner:
             for handle in handles:
                 handle.remove()
         total = time.perf_counter() - t0
-        decoded = np.asarray(out.images, dtype=np.float32)
+        # Video pipelines return frames (B, F, H, W, 3) instead of images.
+        decoded = np.asarray(out.frames if hasattr(out, "frames") else out.images,
+                             dtype=np.float32)
         images = (decoded * 255).round().astype(np.uint8)  # VaeImageProcessor.numpy_to_pil
         return ReferenceResult(
             pipeline=type(pipe).__name__, inputs=inputs, images=images, decoded=decoded,
@@ -331,7 +333,7 @@ class ReferenceRunner:
         bound = inspect.signature(pipe.__call__).bind_partial(**kwargs)
         bound.apply_defaults()
         args = bound.arguments
-        out = {"height": int(images.shape[1]), "width": int(images.shape[2]),
+        out = {"height": int(images.shape[-3]), "width": int(images.shape[-2]),
                "num_inference_steps": args.get("num_inference_steps"),
                "num_images_per_prompt": args.get("num_images_per_prompt"),
                "timesteps": [float(t) for t in record.timesteps]}
@@ -495,7 +497,9 @@ def harness_settings(ctx) -> dict:
             "timesteps": [float(t) for t in ctx.timesteps],
             "guidance_scale": ctx.guidance_scale, "true_cfg_scale": ctx.true_cfg_scale,
             "strength": ctx.strength, "cfg_truncation": ctx.cfg_truncation,
-            "cfg_normalization": ctx.cfg_normalization}
+            "cfg_normalization": ctx.cfg_normalization,
+            **({"num_frames": ctx.num_frames, "guidance_scale_2": ctx.guidance_scale_2}
+               if hasattr(ctx, "num_frames") else {})}
 
 
 def _same(a, b) -> bool:

@@ -45,7 +45,9 @@ class PixelGenerationRequest:
     (default 0.6);
     ``input_images`` are conditioning images for families that take several (FLUX.2 reference
     images, Qwen-Image-Edit). ``cfg_normalization`` (True ≡ 1.0, a float is a factor) and
-    ``cfg_truncation`` are Z-Image's CFG options.
+    ``cfg_truncation`` are Z-Image's CFG options. Video models (Wan) take ``num_frames``,
+    ``frame_rate`` and Wan 2.2's ``guidance_scale_2``; their ``output_format`` (default: the
+    model's, mp4) is a video container.
     """
 
     prompt: str
@@ -62,10 +64,13 @@ class PixelGenerationRequest:
     strength: float | None = None
     cfg_normalization: bool | float | None = None
     cfg_truncation: float | None = None
-    output_format: str = "jpeg"
+    output_format: str | None = None
     residual_threshold: float | None = None
     noise: str = "torch"
     request_id: str | None = None
+    num_frames: int | None = None
+    frame_rate: int | None = None
+    guidance_scale_2: float | None = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -80,8 +85,10 @@ def _validate(req: PixelGenerationRequest, rules) -> dict:
         raise RequestError(
             f"negative_prompt must be a string, got {type(req.negative_prompt).__name__}")
     m = rules.size_multiple
-    height = check_size("height", rules.default_size if req.height is None else req.height, m)
-    width = check_size("width", rules.default_size if req.width is None else req.width, m)
+    default_h = getattr(rules, "default_height", rules.default_size)
+    default_w = getattr(rules, "default_width", rules.default_size)
+    height = check_size("height", default_h if req.height is None else req.height, m)
+    width = check_size("width", default_w if req.width is None else req.width, m)
     if height * width > rules.max_area:
         raise RequestError(f"image area {width}x{height} = {width * height} pixels exceeds the "
                            f"model's cap of {rules.max_area} pixels")
@@ -120,11 +127,16 @@ def _validate(req: PixelGenerationRequest, rules) -> dict:
             not is_real(req.residual_threshold) or req.residual_threshold <= 0):
         raise RequestError(
             f"residual_threshold must be > 0 when given, got {req.residual_threshold!r}")
-    fmt = str(req.output_format).lower()
+    video = _video_options(req, rules)
+    allowed = tuple(getattr(rules, "output_formats", OUTPUT_FORMATS))
+    fmt = req.output_format
+    if fmt is None:  # the model's own default (jpeg for image models, mp4 for video)
+        fmt = getattr(rules, "default_output_format", "jpeg")
+    fmt = str(fmt).lower()
     fmt = "jpeg" if fmt == "jpg" else fmt
-    if fmt not in OUTPUT_FORMATS:
+    if fmt not in allowed:
         raise RequestError(f"output_format {req.output_format!r} is not supported; allowed: "
-                           f"{', '.join(OUTPUT_FORMATS)}")
+                           f"{', '.join(allowed)}")
     if req.noise not in NOISE_CONVENTIONS:
         raise RequestError(f"noise convention {req.noise!r} is not supported; allowed: "
                            f"{', '.join(NOISE_CONVENTIONS)}")
@@ -137,7 +149,27 @@ def _validate(req: PixelGenerationRequest, rules) -> dict:
     return {"height": height, "width": width, "steps": int(steps), "guidance": float(guidance),
             "true_cfg_scale": float(true_cfg), "format": fmt, "seed": int(seed),
             "strength": float(strength), "cfg_truncation": float(truncation),
-            "cfg_normalization": normalization}
+            "cfg_normalization": normalization, **video}
+
+
+def _video_options(req: PixelGenerationRequest, rules) -> dict:
+    """num_frames / frame_rate / guidance_scale_2 of a video model ({} for image models, which
+    refuse them)."""
+    given = [n for n in ("num_frames", "frame_rate", "guidance_scale_2")
+             if getattr(req, n) is not None]
+    if not getattr(rules, "video", False):
+        if given:
+            raise RequestError(f"{given[0]} applies to video models; this model makes images")
+        return {}
+    frames = rules.check_num_frames(rules.default_num_frames if req.num_frames is None
+                                    else req.num_frames)
+    fps = rules.default_frame_rate if req.frame_rate is None else req.frame_rate
+    if not is_int(fps) or not 1 <= fps <= 240:
+        raise RequestError(f"frame_rate must be an integer in [1, 240], got {fps!r}")
+    g2 = req.guidance_scale_2
+    if g2 is not None and (not is_real(g2) or g2 < 0):
+        raise RequestError(f"guidance_scale_2 must be a finite number >= 0, got {g2!r}")
+    return {"num_frames": frames, "frame_rate": int(fps), "guidance_scale_2": g2}
 
 
 # --------------------------------------------------------------------------------------------------
