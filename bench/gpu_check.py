@@ -84,6 +84,10 @@ def run_case(model: str, flags: list[str], out: Path, image: Path, timeout: int,
         ref_steps = parity["timings_s"]["reference"].get("steps_s") or []
         # step 0 carries first-call costs on both sides: compare the steady steps
         ours, ref = t["steps_s"][1:] or t["steps_s"], ref_steps[1:] or ref_steps
+        steps = t["steps_s"]
+        inside = result.get("timings", {}).get("transformer_s")
+        row["outside_ms"] = (1e3 * (sum(steps) - inside) / len(steps)
+                             if inside is not None and steps else None)
         row.update(per_step_ms=1e3 * sum(ours) / max(1, len(ours)),
                    ref_per_step_ms=1e3 * sum(ref) / len(ref) if ref else None,
                    load_s=t["load_s"], compile_s=t.get("compile_s"),
@@ -137,14 +141,16 @@ def main(argv=None) -> int:
              "`python -m bench.gpu_check`; per-step times exclude step 0 (first-call costs); "
              "overhead = harness / diffusers per step (VLMs: per decode token, no reference "
              "column).\n",
-             "| case | verdict | harness ms/step | diffusers ms/step | overhead | CUDA peak MiB | "
-             "load s | compile s |", "|---|---|---|---|---|---|---|---|"]
+             "| case | verdict | harness ms/step | outside the transformer ms/step | "
+             "diffusers ms/step | harness / diffusers | CUDA peak MiB | load s | compile s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for label, r in rows:
         if "error" in r:
-            lines.append(f"| {label} | error: {r['error']} | | | | | | |")
+            lines.append(f"| {label} | error: {r['error']} | | | | | | | |")
             continue
         ratio = (r["per_step_ms"] / r["ref_per_step_ms"]) if r.get("ref_per_step_ms") else None
         lines.append(f"| {label} | {r['verdict']} | {fmt(r['per_step_ms'], '.2f')} | "
+                     f"{fmt(r.get('outside_ms'), '.2f')} | "
                      f"{fmt(r.get('ref_per_step_ms'), '.2f')} | {fmt(ratio, '.3f')} | "
                      f"{fmt(r.get('cuda_peak_mib'), '.0f')} | {fmt(r.get('load_s'), '.1f')} | "
                      f"{fmt(r.get('compile_s'), '.1f')} |")

@@ -53,6 +53,7 @@ _FLAGS = {"num_inference_steps": "--steps", "num_images_per_prompt": "--num-imag
           "output_format": "--format", "noise convention": "--noise", "input_image": "--image",
           "input_images": "--image", "strength": "--strength", "height": "--height",
           "width": "--width", "seed": "--seed", "prompt": "--prompt",
+          "num_frames": "--num-frames", "frame_rate": "--fps",
           "json_schema": "--json-schema", "grammar": "--grammar", "regex": "--regex"}
 
 
@@ -154,7 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Z-Image: cap |pred| at factor x |pos| (0 = off, default)")
     img.add_argument("--residual-threshold", type=float, default=None,
                      help="first-block cache threshold (> 0; default: off)")
-    img.add_argument("--format", default=None, help="png (default), jpeg or webp")
+    img.add_argument("--format", default=None,
+                     help="png (default), jpeg or webp; video models: mp4 (default), webp "
+                          "(lossless, animated) or gif")
+    img.add_argument("--num-frames", type=int, default=None,
+                     help="video models: frames, 4k+1 (default: the pipeline's, 81 for Wan; "
+                          "tiny-wan* fill in 9, with --height/--width 64)")
+    img.add_argument("--fps", type=int, default=None,
+                     help="video models: frame rate of the written video (default 16)")
     img.add_argument("--noise", default="torch",
                      help="torch (diffusers' noise, default) or numpy (MAX's)")
     img.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up call")
@@ -375,7 +383,8 @@ def _image_request(args, rules, seed: int):
         strength=args.strength, cfg_truncation=args.cfg_truncation,
         cfg_normalization=args.cfg_normalization,
         residual_threshold=args.residual_threshold,
-        output_format=args.format or "png", noise=args.noise)
+        output_format=args.format or getattr(rules, "default_output_format", "png"),
+        noise=args.noise, num_frames=args.num_frames, frame_rate=args.fps)
 
 
 def _versions() -> dict:
@@ -432,7 +441,14 @@ def _run_image(args, resolved, outputs: _Outputs, say) -> dict:
 
     out_dir = outputs.open()
     files = []
-    for i, im in enumerate(result.images):
+    video = getattr(rules, "video", False)
+    if video:  # (B, F, H, W, 3) frames → video_<i>.<mp4|webp|gif>
+        from harness.video import write_videos
+
+        for path in write_videos(result.images, out_dir, ctx.output_format, ctx.frame_rate):
+            files.append(path.name)
+            say(f"wrote {outputs.shown(path)}")
+    for i, im in enumerate([] if video else result.images):
         content = ImageContent.from_array(im, ctx.output_format)
         path = atomic_write_bytes(out_dir / f"image_{i}.{ctx.output_format}", content.data)
         files.append(path.name)
@@ -445,6 +461,7 @@ def _run_image(args, resolved, outputs: _Outputs, say) -> dict:
         "per_step_s": sum(steps) / len(steps) if steps else 0.0,
         "decode_s": result.timings["decode_s"], "generate_s": result.timings["total_s"],
         "compile_s": warmup_s if modes.compile else None,
+        "transformer_s": result.timings.get("transformer_s"),
     }
     payload: dict[str, Any] = {
         "request": _request_options(request),
@@ -453,7 +470,9 @@ def _run_image(args, resolved, outputs: _Outputs, say) -> dict:
                      "guidance_scale": ctx.guidance_scale,
                      "true_cfg": ctx.negative_tokens is not None,
                      "true_cfg_scale": ctx.true_cfg_scale,
-                     "output_format": ctx.output_format, "img2img": ctx.input_image is not None},
+                     "output_format": ctx.output_format, "img2img": ctx.input_image is not None,
+                     **({"num_frames": ctx.num_frames, "frame_rate": ctx.frame_rate,
+                         "guidance_scale_2": ctx.guidance_scale_2} if video else {})},
         "model": {"name": resolved.name, "family": fam.FAMILY, "folder": str(resolved.path)},
         "seed": seed,
         "schedule": {"mu": mu, "t_start": ctx.extra_model_args.get("t_start", 0),
@@ -474,7 +493,9 @@ def _run_image(args, resolved, outputs: _Outputs, say) -> dict:
     if args.parity:
         payload["parity"] = _image_parity(args, resolved, rules, denoiser, request, ctx, result,
                                           timings, outputs, files, say, presets)
-        files += [f"reference_{i}.png" for i in range(len(result.images))]
+        ext = ctx.output_format if video else "png"
+        files += [f"reference_{i}.{ext}" for i in range(len(result.images))]
+        files += ["frames.npy", "reference_frames.npy"] if video else []
         files += ["parity.json", "parity.md", "report.html"]
     timings["total_s"] = time.perf_counter() - t_start
     payload["timings"] = timings

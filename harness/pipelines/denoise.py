@@ -41,6 +41,34 @@ def _host(latents) -> np.ndarray:
     return latents.float().cpu().numpy().copy()
 
 
+class _TransformerClock:
+    """Seconds spent inside ``module``'s forward calls (forward pre/post hooks; on CUDA each
+    boundary synchronises, so the figure is device time, not launch time)."""
+
+    def __init__(self, module, device) -> None:
+        self.module, self.device, self.seconds = module, device, 0.0
+        self._handles: list = []
+        self._t = 0.0
+
+    def _pre(self, *_args) -> None:
+        sync(self.device)
+        self._t = time.perf_counter()
+
+    def _post(self, *_args) -> None:
+        sync(self.device)
+        self.seconds += time.perf_counter() - self._t
+
+    def __enter__(self):
+        if self.module is not None:
+            self._handles = [self.module.register_forward_pre_hook(self._pre),
+                             self.module.register_forward_hook(self._post)]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
 class DenoiserBase:
     """Runs PixelContexts of one loaded model (CPU or CUDA, float32 or bfloat16).
 
@@ -183,7 +211,8 @@ class DenoiserBase:
             count = len(ctx.timesteps)
             bar = tqdm(total=count, desc="denoise", unit="step", leave=False,
                        disable=not self.progress)
-            with meter.phase("denoise"):
+            clock = _TransformerClock(self.c.get("transformer"), self.device)
+            with meter.phase("denoise"), clock:
                 for i in range(count):
                     t_step = time.perf_counter()
                     latents = self._step(ctx, st, latents, i, fault, fbc)
@@ -194,6 +223,9 @@ class DenoiserBase:
                     bar.update()
             bar.close()
             timings["steps_s"] = steps_s
+            # time inside the transformer's forward calls during the steps: the rest of a step
+            # (scheduler, packing, CFG combine, cache checks) is the loop's own overhead
+            timings["transformer_s"] = clock.seconds
 
             t0 = time.perf_counter()
             with meter.phase("decode"):
