@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["VIDEO_FORMATS", "LOSSY_VIDEO_FORMATS", "encode_video", "write_video",
+__all__ = ["VIDEO_FORMATS", "LOSSY_VIDEO_FORMATS", "encode_video", "write_video", "write_videos",
            "read_video_frames", "check_frames"]
 
 VIDEO_FORMATS = ("mp4", "webp", "gif")
@@ -108,3 +108,11 @@ def read_video_frames(path: str | os.PathLike) -> np.ndarray:
 
     with Image.open(path) as im:
         return np.stack([np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(im)])
+
+
+def write_videos(videos, out_dir: str | os.PathLike, fmt: str, fps: int,
+                 stem: str = "video") -> list[Path]:
+    """``<stem>_<i>.<fmt>`` for each uint8 (F, H, W, 3) video of a (B, F, H, W, 3) batch, each
+    written atomically."""
+    return [write_video(Path(out_dir) / f"{stem}_{i}.{fmt}", frames, fmt, fps)
+            for i, frames in enumerate(np.asarray(videos))]

@@ -15,8 +15,8 @@ import numpy as np
 
 from .report import fmt_num
 
-__all__ = ["image_report_html", "vlm_report_html", "svg_of", "png_data_uri", "page",
-           "LOSSY_FORMATS"]
+__all__ = ["image_report_html", "vlm_report_html", "video_report_html", "svg_of",
+           "png_data_uri", "page", "LOSSY_FORMATS"]
 
 #: Output formats whose written file is not the array the comparison used.
 LOSSY_FORMATS = ("jpeg", "jpg", "webp")
@@ -515,4 +515,57 @@ def vlm_report_html(report: dict) -> str:
     body.append("<h2>Request</h2>" + _kv_table(report.get("request") or {}))
     body.append(_environment(report.get("versions") or {}))
     return page(f"VLM parity: {report['family']} — {verdict}", body)
+
+
+# -- video parity ----------------------------------------------------------------------------------
+def _frame_strip(video: np.ndarray, picks: Sequence[int], max_side: int = 160) -> np.ndarray:
+    """The picked frames of one uint8 (F, H, W, 3) video side by side (2 px white gaps), each
+    shrunk by an integer step to at most ``max_side`` pixels high (exact pixels, no filter)."""
+    step = max(1, -(-video.shape[1] // max_side))
+    frames = [video[f, ::step, ::step] for f in picks]
+    gap = np.full((frames[0].shape[0], 2, 3), 255, np.uint8)
+    parts = [p for f in frames for p in (f, gap)][:-1]
+    return np.concatenate(parts, axis=1)
+
+
+def video_report_html(report: dict, ours_frames: np.ndarray, ref_frames: np.ndarray, *,
+                      files: Sequence[str] = ()) -> str:
+    """The video parity page: the image page over frame strips of both sides (at most 9 frames
+    evenly spread, first and last included) with their amplified |difference|, plus the
+    per-frame difference plot (uint8 max / mean |Δ| on a log axis, exact zeros marked)."""
+    ours, ref = np.asarray(ours_frames), np.asarray(ref_frames)
+    count = min(ours.shape[1], ref.shape[1])
+    picks = sorted({int(round(x)) for x in np.linspace(0, count - 1, min(count, 9))})
+    strips_ours = np.stack([_frame_strip(v, picks) for v in ours])
+    strips_ref = np.stack([_frame_strip(v, picks) for v in ref])
+    html_text = image_report_html(report, strips_ours, strips_ref, files=files,
+                                  output_format="png")
+    frames = report.get("frames") or {}
+    rows = frames.get("per_frame") or []
+    section = [f"<h2>Frames</h2><p>Frame strips above: frames {', '.join(map(str, picks))} of "
+               f"{count} at {esc(report.get('frame_rate'))} fps; every comparison uses the uint8 "
+               f"frames before encoding (frames.npy, reference_frames.npy).</p>"]
+    if report.get("lossy_note"):
+        section.append(f'<p class="note">{esc(report["lossy_note"])}.</p>')
+    if rows:
+        first = frames.get("first_differing_frame")
+        series = {}
+        for b in sorted({r["video"] for r in rows}):
+            mine = [r for r in rows if r["video"] == b]
+            tag = f" (video {b})" if ours.shape[0] > 1 else ""
+            series[f"max |Δ|{tag}"] = [r["max_abs_diff"] for r in mine]
+            series[f"mean |Δ|{tag}"] = [r["mean_abs_diff"] for r in mine]
+        section.append(_log_curve(series, xlabel="frame", ylabel="|harness − reference| (uint8)",
+                                  first=None if first is None else first[1],
+                                  first_label="first differing frame",
+                                  title="Per-frame differences"))
+        section.append(table(["video", "frame", "max |Δ|", "mean |Δ|", "PSNR (dB)", "bitwise"],
+                             [[r["video"], r["frame"], r["max_abs_diff"], r["mean_abs_diff"],
+                               "∞" if r["bitwise"] else r["psnr_db"], r["bitwise"]]
+                              for r in rows], mark=[not r["bitwise"] for r in rows]))
+    html_text = html_text.replace("<h2>Per-step latents</h2>",
+                                  "\n".join(section) + "<h2>Per-step latents</h2>", 1)
+    return (html_text.replace("<h1>Image parity:", "<h1>Video parity:", 1)
+            .replace("<title>Image parity:", "<title>Video parity:", 1)
+            .replace("<h2>Images</h2>", "<h2>Frame strips</h2>", 1))
 

@@ -589,7 +589,78 @@ def parity_report(*, family: str, model: dict, request: dict, ctx, ours, ref: Re
     }
     if first_block_cache is not None:
         doc["first_block_cache"] = first_block_cache
+    if np.ndim(ours.images) == 5:  # video: (B, F, H, W, 3) frames
+        doc["frames"] = frame_comparison(ours.images, ref.images)
+        doc["frame_rate"] = getattr(ctx, "frame_rate", None)
+        # the animated WebP harness.video writes is lossless; MP4 and GIF are not
+        doc["lossy_note"] = (f"the written {output_format} files are lossy: every comparison "
+                             f"uses the uint8 frames before encoding (frames.npy and "
+                             f"reference_frames.npy hold them)"
+                             if output_format.lower() in ("mp4", "gif") else None)
     return doc
+
+
+def frame_comparison(ours: np.ndarray, ref: np.ndarray) -> dict:
+    """Per-frame differences of two uint8 (B, F, H, W, 3) videos, compared before encoding:
+    max / mean |Δ|, PSNR and bitwise per (video, frame), and the first frame that differs."""
+    ours, ref = np.asarray(ours), np.asarray(ref)
+    rows = []
+    if ours.shape == ref.shape:
+        for b in range(ours.shape[0]):
+            for f in range(ours.shape[1]):
+                psnr = psnr_db(ours[b, f], ref[b, f])
+                rows.append({"video": b, "frame": f,
+                             "max_abs_diff": max_abs_diff(ours[b, f], ref[b, f]),
+                             "mean_abs_diff": mean_abs_diff(ours[b, f], ref[b, f]),
+                             "psnr_db": None if psnr is None or psnr == float("inf") else psnr,
+                             "bitwise": bool(np.array_equal(ours[b, f], ref[b, f]))})
+    first = next((r for r in rows if not r["bitwise"]), None)
+    return {"shape": list(ours.shape), "reference_shape": list(ref.shape),
+            "frames_bitwise": bool(rows) and first is None,
+            "first_differing_frame": None if first is None else [first["video"], first["frame"]],
+            "per_frame": rows}
+
+
+def _write_video_parity(out_dir: Path, report: dict, ref: ReferenceResult,
+                        ours_files: list[str], ours_frames: np.ndarray | None) -> list[Path]:
+    """Video parity files: reference_i.<container>, both sides' uint8 frames losslessly as
+    frames.npy / reference_frames.npy ((F, H, W, 3), or (B, F, H, W, 3) for several videos),
+    parity.json, parity.md (with the per-frame table) and report.html."""
+    import io
+
+    from harness.video import write_video
+
+    from .html import video_report_html
+
+    fmt = report.get("output_format", "mp4")
+    fps = report.get("frame_rate") or 16
+    written, ref_files = [], []
+    for i, frames in enumerate(ref.images):
+        written.append(write_video(out_dir / f"reference_{i}.{fmt}", frames, fmt, fps))
+        ref_files.append(written[-1].name)
+
+    def npy(arr) -> bytes:
+        arr = np.asarray(arr, dtype=np.uint8)
+        buf = io.BytesIO()
+        np.save(buf, arr[0] if arr.shape[0] == 1 else arr, allow_pickle=False)
+        return buf.getvalue()
+
+    if ours_frames is not None:
+        written.append(atomic_write_bytes(out_dir / "frames.npy", npy(ours_frames)))
+    written.append(atomic_write_bytes(out_dir / "reference_frames.npy", npy(ref.images)))
+    written.append(atomic_write_json(out_dir / "parity.json", report))
+    rows = (report.get("frames") or {}).get("per_frame") or []
+    md = _markdown(report, ours_files, ref_files) + "\n".join([
+        "## Frames (uint8, before encoding)", "",
+        markdown_table(["video", "frame", "max abs diff", "mean abs diff", "PSNR (dB)", "bitwise"],
+                       [[r["video"], r["frame"], r["max_abs_diff"], r["mean_abs_diff"],
+                         "∞" if r["bitwise"] else r["psnr_db"], r["bitwise"]] for r in rows]),
+        ""])
+    written.append(atomic_write_text(out_dir / "parity.md", md))
+    if ours_frames is not None:
+        written.append(atomic_write_text(out_dir / "report.html", video_report_html(
+            report, ours_frames, ref.images, files=ours_files)))
+    return written
 
 
 _VERDICT_TEXT = {
@@ -702,12 +773,15 @@ def _fbc_markdown(fbc: dict) -> list[str]:
 def write_parity(out_dir: str | Path, report: dict, ref: ReferenceResult,
                  ours_files: list[str], ours_images: np.ndarray | None = None) -> list[Path]:
     """Write reference_i.png, parity.json, parity.md and (given the harness's uint8 images)
-    the self-contained report.html into ``out_dir`` (each atomically)."""
+    the self-contained report.html into ``out_dir`` (each atomically); videos (5-D frames) as
+    ``_write_video_parity`` writes them."""
     import io
 
     from PIL import Image
 
     out_dir = Path(out_dir)
+    if np.ndim(ref.images) == 5:
+        return _write_video_parity(out_dir, report, ref, ours_files, ours_images)
     written = []
     ref_files = []
     for i, im in enumerate(ref.images):
