@@ -79,7 +79,10 @@ def _build(hf_tokenizer: Any, vocab_size: int, eos: list[int]) -> Any:
                            f"is a {type(hf_tokenizer).__name__}")
     n_vocab = _n_vocab(hf_tokenizer, vocab_size)
     fallback = hf_tokenizer.eos_token_id
-    eos_arg = eos or ([fallback] if fallback is not None else [0])
+    eos_arg = eos or ([int(fallback)] if fallback is not None else [])
+    if not eos_arg:
+        raise RequestError("structured output needs an EOS token to end the output, but neither "
+                           "the model's generation_config nor its tokenizer names one")
     if not _is_dense(hf_tokenizer):
         return _wrapped(hf_tokenizer, n_vocab, eos_arg)
     try:
