@@ -11,6 +11,8 @@ import copy
 
 from gate import metric, timed  # bench/ is on sys.path (python -m bench), as for pytest
 
+import bench_structured  # noqa: F401,E402  registers structured_mask_vs_llguidance_torch
+
 _FLUX_DEV = dict(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
                  base_image_seq_len=256, max_image_seq_len=4096, shift=3.0,
                  time_shift_type="exponential")

@@ -6,9 +6,12 @@ reads ``HF_HUB_OFFLINE`` once, at import. It is forced, not defaulted: nothing i
 """
 from __future__ import annotations
 
+import logging
 import os
+import re
 
-__all__ = ["offline_env", "prefer_pil_image_processors", "torch_dtype", "DTYPE_NAMES"]
+__all__ = ["offline_env", "prefer_pil_image_processors", "silence_known_noise", "torch_dtype",
+           "DTYPE_NAMES"]
 
 #: dtype names the harness accepts, and their aliases.
 DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16",
@@ -16,10 +19,40 @@ DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16",
 
 
 def offline_env() -> None:
-    """Switch the Hugging Face hub offline for this process (see the module notes)."""
+    """Switch the Hugging Face hub offline for this process (see the module notes), and drop
+    the libraries' known import noise (``silence_known_noise``)."""
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    silence_known_noise()
+
+
+#: (logger, message pattern) of import-time noise that says nothing about a run: torchao's
+#: optional CUDA kernels absent from a CPU machine, and torch's deprecation note that torchao's
+#: enums still register themselves with pytree. Matched exactly; everything else still shows.
+KNOWN_NOISE = (
+    ("torchao", r"Failed to load .*torchao[/\\]_C\w*.*\.so"),
+    ("torch.utils._pytree", r"is an Enum subclass and is now natively supported by torch\.compile"),
+)
+
+
+class _DropMatching(logging.Filter):
+    def __init__(self, pattern: str) -> None:
+        super().__init__()
+        self.pattern = re.compile(pattern)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.pattern.search(record.getMessage())
+
+
+def silence_known_noise() -> None:
+    """Filter ``KNOWN_NOISE`` on its own loggers (once per process; the loggers are singletons,
+    so the filters hold whenever the library is imported later)."""
+    for name, pattern in KNOWN_NOISE:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMatching) and f.pattern.pattern == pattern
+                   for f in logger.filters):
+            logger.addFilter(_DropMatching(pattern))
 
 
 #: Image processors that diffusers' pipeline modules import by their default name (FluxPipeline's
