@@ -242,7 +242,7 @@ def test_cli_reference_image_with_parity(tmp_path):
                    str(ref_png), "--seed", "5", "--output-dir", str(out), "--parity")
     assert proc.returncode == 0, proc.stderr
     assert sorted(os.listdir(out)) == sorted(["image_0.png", "reference_0.png", "parity.json",
-                                              "parity.md", "result.json"])
+                                              "parity.md", "report.html", "result.json"])
     parity = json.loads((out / "parity.json").read_text())
     assert parity["verdict"] == "bitwise"
     assert parity["reference"]["pipeline"] == "Flux2KleinPipeline"

@@ -407,7 +407,7 @@ def test_cli_txt2img_with_parity(tmp_path):
                    "--output-dir", str(out), "--parity")
     assert proc.returncode == 0, proc.stderr
     assert sorted(os.listdir(out)) == ["image_0.png", "parity.json", "parity.md",
-                                       "reference_0.png", "result.json"]
+                                       "reference_0.png", "report.html", "result.json"]
     parity_doc = json.loads((out / "parity.json").read_text())
     assert parity_doc["verdict"] == "bitwise" and parity_doc["family"] == "qwen_image"
     assert parity_doc["reference"]["pipeline"] == "QwenImagePipeline"

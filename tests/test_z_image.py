@@ -450,7 +450,7 @@ def test_cli_txt2img_with_parity_and_bad_size(tmp_path):
                    "--parity", "--quiet")
     assert proc.returncode == 0, proc.stderr
     assert left_behind(out) == sorted(["image_0.png", "reference_0.png", "parity.json",
-                                       "parity.md", "result.json"])
+                                       "parity.md", "report.html", "result.json"])
     parity = json.loads((out / "parity.json").read_text())
     assert parity["verdict"] == "bitwise" and parity["reference"]["pipeline"] == "ZImagePipeline"
     assert parity["request"]["cfg_truncation"] == 0.5
