@@ -110,7 +110,8 @@ def test_decode_step_overhead(benchmark):
 
 
 # -- issue #14 families: the same rows per family (harness vs generate(), per-step overhead) -------
-FAMILY_MODELS = ("tiny-qwen2.5-vl", "tiny-qwen3-vl", "tiny-llava-onevision", "tiny-idefics3")
+FAMILY_MODELS = ("tiny-qwen2.5-vl", "tiny-qwen3-vl", "tiny-llava-onevision", "tiny-idefics3",
+                 "tiny-internvl")
 
 
 @pytest.mark.parametrize("name", FAMILY_MODELS)

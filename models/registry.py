@@ -30,7 +30,8 @@ __all__ = ["FAMILY_MODULES", "ResolvedModel", "resolve", "tiny_names", "replica_
 
 # Families in lookup order; a module that is not there yet is skipped.
 FAMILY_MODULES = ("flux1", "flux2", "qwen_image", "z_image", "llava", "qwen2_vl", "pixtral",
-                  "gemma3", "qwen2_5_vl", "llava_onevision", "qwen3_vl", "wan", "idefics3")
+                  "gemma3", "qwen2_5_vl", "llava_onevision", "qwen3_vl", "wan", "idefics3",
+                  "internvl")
 
 DEFAULT_MODEL = "tiny-flux1"
 

@@ -1,0 +1,236 @@
+"""InternVL (dynamic tiles, pixel shuffle): recognition, the tiny recipe (images change the
+output), tiles and context tokens equal to InternVLProcessor's, one vision call per image over all
+its tiles, chunked prefill against generate() and generate(prefill_chunk_size=k) from the raw
+request, negative controls, refusals before any forward, the replica of InternVL3-1B-hf and the
+command line."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness.errors import RequestError
+from harness.tokenizers import TextAndVisionTokenizer, TextGenerationRequest
+from tests.vlm_fixtures import family, odd_images, parity, run, variant
+
+ROOT = Path(__file__).resolve().parents[1]
+NAME = "tiny-internvl"
+CHUNKS = (1, 3, 7, 13, None)
+TOL = 1e-4
+
+
+def _req(images, **kw):
+    kw.setdefault("max_new_tokens", 4)
+    kw.setdefault("ignore_eos", True)
+    return TextGenerationRequest(prompt="Describe the pictures, please.", images=images, **kw)
+
+
+def _clone(cls):
+    base = family(NAME)
+    return cls(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)})
+
+
+def test_folders_are_recognised_by_model_type(tmp_path):
+    from models import internvl, llava
+    from models.registry import resolve
+
+    resolved = resolve(NAME)
+    assert resolved.family is internvl and resolved.modality == "text"
+    assert resolve(str(resolved.path)).family is internvl
+    assert not llava.matches(resolved.path) and not internvl.matches(resolve("tiny-llava").path)
+    assert type(family(NAME).model).__name__ == "InternVLForConditionalGeneration"
+    remote = tmp_path / "remote"
+    remote.mkdir()  # the original remote-code layout is not transformers' InternVL
+    (remote / "config.json").write_text(json.dumps({"model_type": "internvl_chat"}))
+    assert not internvl.matches(remote)
+
+
+def test_images_change_the_output():
+    _, a = run(NAME, _req(odd_images(1, seed=0), max_new_tokens=1))
+    _, b = run(NAME, _req(odd_images(1, seed=1), max_new_tokens=1))
+    assert float((a.logits[0] - b.logits[0]).abs().max()) > 0.05
+
+
+def test_tiles_follow_the_aspect_ratio_and_the_processor():
+    """37×23 → 3×2 tiles + thumbnail; 61×45 → 4×3 + thumbnail; 4 context tokens per tile between
+    <img> and </img>; the request option max_patches=2 leaves 2×1 + thumbnail for the first and
+    one tile, no thumbnail, for the second (1×1 is nearer its aspect ratio than 2×1)."""
+    fam = family(NAME)
+    tok = TextAndVisionTokenizer(fam)
+    ctx = tok.new_context(_req(odd_images(2)))
+    assert [im.pixel_values.shape[0] for im in ctx.images] == [7, 13]
+    assert [im.num_tokens for im in ctx.images] == [28, 52]
+    ids = ctx.tokens.prompt.tolist()
+    first = ctx.images[0]
+    assert fam.tokenizer.decode(ids[first.start_idx - 1:first.end_idx + 1]) == \
+        "<img>" + "<IMG_CONTEXT>" * 28 + "</img>"
+    ctx, _, report = parity(fam, _req(odd_images(2), max_new_tokens=2,
+                                      image_options={"max_patches": 2}), 5)
+    assert [im.pixel_values.shape[0] for im in ctx.images] == [3, 1]
+    assert report["verdict"] == "pass", report["verdict_note"]
+
+
+@pytest.mark.parametrize("n_images", (1, 2))
+def test_parity_from_the_raw_request(n_images):
+    fam = family(NAME)
+    for chunk in CHUNKS:
+        ctx, res, report = parity(fam, _req(odd_images(n_images)), chunk)
+        assert report["verdict"] == "pass", (chunk, report["verdict_note"])
+        assert report["input_comparison"]["equal"]
+        assert all(e["max_abs_diff"] == 0.0 for e in report["input_comparison"]["pixel_values"])
+        for ref in ("generate", "generate_chunked"):
+            cmp = report["reference"][ref]
+            assert cmp["tokens_equal"] and cmp["max_abs_logit_diff"] <= TOL, (chunk, ref, cmp)
+        assert res.encoder_calls == len(ctx.images) == n_images
+        if chunk is not None and chunk <= 7:
+            assert res.chunks_inside_image > 0
+
+
+def test_one_vision_call_per_image_over_all_its_tiles():
+    fam = family(NAME)
+    tower = fam.model.model.vision_tower
+    batches = []
+    forward = tower.forward
+    tower.forward = lambda *a, **k: (batches.append(k["pixel_values"].shape[0])
+                                     or forward(*a, **k))
+    try:
+        run(NAME, _req(odd_images(2)), 3)
+    finally:
+        del tower.forward
+    assert batches == [7, 13]
+
+
+# -- negative controls ----------------------------------------------------------------------------
+def test_positions_restarting_per_chunk_are_detected():
+    import torch
+
+    from models.internvl import InternVL
+
+    class Restart(InternVL):
+        def prompt_positions(self, ctx):
+            return (torch.arange(ctx.tokens.prompt_length) % 7)[None]
+
+    _, _, report = parity(_clone(Restart), _req(odd_images(2)), 7)
+    assert report["verdict"] == "fail" and report["max_abs_logit_diff"] > 1e-2
+
+
+def test_a_dropped_tile_is_refused_before_any_forward():
+    from models.internvl import InternVL
+
+    class DropThumbnail(InternVL):
+        def prepare(self, image, options=None):
+            prep = super().prepare(image, options)
+            prep.pieces[0].pixel_values = prep.pieces[0].pixel_values[:-1]
+            return prep
+
+    with pytest.raises(RequestError, match=r"^image 0: the model's vision tower gives 24 encoder "
+                                           r"rows \(6 tiles of 4×4 patches pixel-shuffled to "
+                                           r"2×2 \(downsample_ratio 0.5\)\) but the processor "
+                                           r"lays out 28 placeholders for it$"):
+        TextAndVisionTokenizer(_clone(DropThumbnail)).new_context(_req(odd_images(1)))
+
+
+def test_tiles_in_the_wrong_order_are_detected():
+    from models.internvl import InternVL
+
+    class ThumbnailFirst(InternVL):
+        def prepare(self, image, options=None):
+            prep = super().prepare(image, options)
+            pv = prep.pieces[0].pixel_values
+            prep.pieces[0].pixel_values = np.ascontiguousarray(np.roll(pv, 1, axis=0))
+            return prep
+
+    _, _, report = parity(_clone(ThumbnailFirst), _req(odd_images(1)), 7)
+    assert report["verdict"] == "input mismatch"
+    assert report["verdict_note"].startswith("image 0 pixel values differ by max")
+    assert report["max_abs_logit_diff"] > 1e-2
+
+
+def test_tiling_left_off_is_an_input_mismatch():
+    """InternVLProcessor turns crop_to_patches on per call; a harness that kept the folder's
+    setting (off) lays out one tile per image: other ids than the processor's."""
+    from models.internvl import InternVL
+
+    class FolderSetting(InternVL):
+        def prepare(self, image, options=None):
+            return super().prepare(image, {**(options or {}), "crop_to_patches": False})
+
+    _, _, report = parity(_clone(FolderSetting), _req(odd_images(1)), None)
+    assert report["verdict"] == "input mismatch"
+    assert report["verdict_note"].startswith("prompt ids differ at position")
+
+
+@pytest.mark.parametrize("edits, message", [
+    ({"processor": {"image_seq_length": 9}},
+     r"image 0: the model's vision tower gives 28 encoder rows .* but the processor lays out 63 "
+     r"placeholders"),
+    ({"preprocessor": {"size": {"height": 24, "width": 24}}},
+     r"image 0: the image processor makes 24×24-pixel tiles but the vision tower takes 32×32"),
+    ({"config": {"vision_feature_select_strategy": "full"}},
+     r"vision_feature_select_strategy 'full' keeps the CLS row"),
+], ids=["image-seq-length", "tile-size", "cls"])
+def test_refused_before_any_forward(tmp_path, edits, message):
+    from harness.pipelines.vlm import VLMPipeline
+
+    fam = variant(NAME, tmp_path, **edits)
+    calls = []
+    for module in (fam.model, fam.model.model):
+        forward = module.forward
+        module.forward = lambda *a, _f=forward, **k: calls.append(1) or _f(*a, **k)
+    with pytest.raises(RequestError, match=message) as err:
+        VLMPipeline(fam).generate(TextAndVisionTokenizer(fam).new_context(_req(odd_images(1))))
+    assert "\n" not in str(err.value) and calls == []
+
+
+def test_replica_layout_and_parity():
+    """InternVL3-1B-hf's files (config cut to 2 layers, sharded weights, the real token ids, the
+    conversion script's chat template); a 37×23 image at the real geometry (448-pixel tiles:
+    3×2 + thumbnail, 7 × 256 context tokens) with chunks of 512 that cut it."""
+    from models.internvl.replicas import REPLICAS
+    from models.registry import resolve
+    from models.vlm_common import deep_update
+
+    name = "replica-internvl3-1b-hf"
+    spec = REPLICAS[name]
+    folder = resolve(name).path
+    assert json.loads((folder / "config.json").read_text()) == deep_update(spec["config"],
+                                                                          spec["shrink"])
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) >= 2
+    fam = family(name)
+    assert fam.family == "internvl" and fam.chat_template == spec["chat_template"]
+    assert fam.image_token_id == 151667 == fam.tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
+    assert fam.tokenizer.convert_tokens_to_ids(["<img>", "</img>"]) == [151665, 151666]
+    ctx, res, report = parity(fam, _req(odd_images(1), max_new_tokens=3), 512)
+    assert ctx.images[0].pixel_values.shape == (7, 3, 448, 448)
+    assert ctx.images[0].num_tokens == 7 * 256
+    assert report["verdict"] == "pass", report["verdict_note"]
+    assert report["tokens_equal"] and report["max_abs_logit_diff"] <= TOL
+    assert res.encoder_calls == 1 and res.chunks_inside_image > 0
+
+
+def test_cli_parity(tmp_path):
+    from PIL import Image
+
+    paths = []
+    for i, img in enumerate(odd_images(2)):
+        paths.append(str(tmp_path / f"p{i}.png"))
+        Image.fromarray(img).save(paths[-1])
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.generate", "--model", NAME, "--prompt", "What is shown?",
+         "--image", paths[0], "--image", paths[1], "--max-new-tokens", "3", "--chunk-size", "7",
+         "--parity", "--output-dir", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "parity.json").read_text())
+    assert report["verdict"] == "pass" and report["family"] == "internvl"
+    assert report["encoder_calls"] == {"harness": 2, "images": 2}
+    assert report["chunks"]["inside_image"] > 0
