@@ -58,6 +58,9 @@ def test_version_and_list_models_need_no_prompt():
     rows = {line.split()[0]: line for line in models.stdout.splitlines()[1:]}
     assert "tiny-flux1" in rows["flux1"] and "replica-pixtral-12b" in rows["pixtral"]
     assert "text" in rows["llava"] and "image" in rows["z_image"]
+    assert "tiny-llava-next" in rows["llava_onevision"]
+    assert "replica-smolvlm2-256m-video-instruct" in rows["idefics3"]
+    assert "replica-internvl3-1b-hf" in rows["internvl"] and "text" in rows["internvl"]
     assert "tiny-qwen2.5-vl" in rows["qwen2_5_vl"]
     assert "replica-qwen2.5-vl-3b-instruct" in rows["qwen2_5_vl"]
     assert "tiny-qwen3-vl" in rows["qwen3_vl"]
