@@ -7,7 +7,7 @@ from pathlib import Path
 from ..vlm_common import build_byte_tokenizer, save_all, tiny_build, tiny_model
 from .adapter import FAMILY, hf_classes
 
-__all__ = ["TINY_NAMES", "RECIPE", "tiny_path"]
+__all__ = ["TINY_NAMES", "RECIPE", "tiny_path", "build_qwen_vl"]
 
 TINY_NAMES = ("tiny-qwen2-vl",)
 
@@ -25,30 +25,42 @@ RECIPE = {
 }
 
 
-def _build(folder: Path) -> None:
-    model_cls, processor_cls = hf_classes()  # first: it sets the offline environment
-    from transformers import Qwen2VLConfig
+def build_qwen_vl(folder: Path, recipe: dict, classes: tuple, config_name: str,
+                  **config_extra) -> None:
+    """A tiny Qwen-VL model (Qwen2-VL, Qwen2.5-VL and Qwen3-VL share it) into ``folder``: byte
+    tokenizer of ``recipe["specials"]``, ``transformers.<config_name>`` from the recipe's vision
+    and text parts (plus ``config_extra``), re-drawn weights, the image processor with the
+    recipe's pixel bounds and any further processor settings it names. ``classes`` is the
+    family's ``hf_classes()`` (called first: it sets the offline environment)."""
+    import transformers
 
-    tok = build_byte_tokenizer(_SPECIALS, bos="<|endoftext|>", eos="<|im_end|>",
+    model_cls, processor_cls = classes
+    config_cls = getattr(transformers, config_name)
+    specials = recipe["specials"]
+    tok = build_byte_tokenizer(specials, bos="<|endoftext|>", eos="<|im_end|>",
                                pad="<|endoftext|>", named={"image_token": "<|image_pad|>",
                                                            "video_token": "<|video_pad|>"})
-    ids = {s: tok.convert_tokens_to_ids(s) for s in _SPECIALS}
-    cfg = Qwen2VLConfig(
-        vision_config=RECIPE["vision"],
+    ids = {s: tok.convert_tokens_to_ids(s) for s in specials}
+    cfg = config_cls(
+        vision_config=recipe["vision"],
         text_config=dict(vocab_size=len(tok), bos_token_id=ids["<|endoftext|>"],
                          eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
-                         **RECIPE["text"]),
+                         **recipe["text"]),
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
-    model = tiny_model(model_cls, cfg, RECIPE,
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        **config_extra)
+    model = tiny_model(model_cls, cfg, recipe,
                        eos=[ids["<|im_end|>"], ids["<|endoftext|>"]], pad=ids["<|endoftext|>"])
-    v = RECIPE["vision"]
+    v, p = recipe["vision"], dict(recipe["processor"])
     proc = processor_cls(
-        size={"shortest_edge": RECIPE["processor"]["min_pixels"],
-              "longest_edge": RECIPE["processor"]["max_pixels"]},
+        size={"shortest_edge": p.pop("min_pixels"), "longest_edge": p.pop("max_pixels")},
         patch_size=v["patch_size"], temporal_patch_size=v["temporal_patch_size"],
-        merge_size=v["spatial_merge_size"])
+        merge_size=v["spatial_merge_size"], **p)
     save_all(folder, model, tok, proc)
+
+
+def _build(folder: Path) -> None:
+    build_qwen_vl(folder, RECIPE, hf_classes(), "Qwen2VLConfig")
 
 
 def tiny_path(name: str, cache_dir=None) -> Path:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..vlm_common import build_byte_tokenizer, save_all, tiny_build, tiny_model
+from ..qwen2_vl.tiny import build_qwen_vl
+from ..vlm_common import tiny_build
 from .adapter import FAMILY, hf_classes
 
 __all__ = ["TINY_NAMES", "RECIPE", "tiny_path"]
@@ -36,29 +37,7 @@ RECIPE = {
 
 
 def _build(folder: Path) -> None:
-    model_cls, processor_cls = hf_classes()  # first: it sets the offline environment
-    from transformers import Qwen3VLConfig
-
-    tok = build_byte_tokenizer(_SPECIALS, bos="<|endoftext|>", eos="<|im_end|>",
-                               pad="<|endoftext|>", named={"image_token": "<|image_pad|>",
-                                                           "video_token": "<|video_pad|>"})
-    ids = {s: tok.convert_tokens_to_ids(s) for s in _SPECIALS}
-    cfg = Qwen3VLConfig(
-        vision_config=RECIPE["vision"],
-        text_config=dict(vocab_size=len(tok), bos_token_id=ids["<|endoftext|>"],
-                         eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
-                         **RECIPE["text"]),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=True)
-    model = tiny_model(model_cls, cfg, RECIPE,
-                       eos=[ids["<|im_end|>"], ids["<|endoftext|>"]], pad=ids["<|endoftext|>"])
-    v, p = RECIPE["vision"], RECIPE["processor"]
-    proc = processor_cls(
-        size={"shortest_edge": p["min_pixels"], "longest_edge": p["max_pixels"]},
-        patch_size=v["patch_size"], temporal_patch_size=v["temporal_patch_size"],
-        merge_size=v["spatial_merge_size"], image_mean=p["image_mean"], image_std=p["image_std"])
-    save_all(folder, model, tok, proc)
+    build_qwen_vl(folder, RECIPE, hf_classes(), "Qwen3VLConfig", tie_word_embeddings=True)
 
 
 def tiny_path(name: str, cache_dir=None) -> Path:
