@@ -5,47 +5,20 @@ generate(prefill_chunk_size=k) at chunk sizes {1, 3, 7, 13, whole} × {1, 2} odd
 negative controls that must be detected, and the command line."""
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from harness.errors import RequestError
-from harness.tokenizers import TextAndVisionTokenizer, TextGenerationRequest
-from tests.vlm_fixtures import family, odd_images, parity
+from harness.tokenizers import TextAndVisionTokenizer
+from tests.vlm_family_checks import (SYSTEM_AND_HISTORY, TOL, assert_dropped_encoder_row_refused,
+                                     assert_exact, assert_parity_grid,
+                                     assert_positions_match_rope_index, assert_replica_files,
+                                     chat_context, cli_parity, req, with_rule)
+from tests.vlm_fixtures import family, parity
 
-ROOT = Path(__file__).resolve().parents[1]
 NAME = "tiny-qwen2.5-vl"
 REPLICA = "replica-qwen2.5-vl-3b-instruct"
-CHUNKS = (1, 3, 7, 13, None)
-TOL = 1e-4
-
-
-def _req(n_images: int, **kw) -> TextGenerationRequest:
-    kw.setdefault("max_new_tokens", 4)
-    kw.setdefault("ignore_eos", True)
-    return TextGenerationRequest(prompt="Describe the pictures, please.",
-                                 images=odd_images(n_images), **kw)
-
-
-def _with(base, cls):
-    """The loaded family ``base`` as an instance of ``cls`` (a subclass that changes one rule)."""
-    return cls(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)})
-
-
-def _assert_exact(report, n_images):
-    assert report["verdict"] == "pass", report["verdict_note"]
-    inputs = report["input_comparison"]
-    assert inputs["equal"] and inputs["prompt_ids"]["equal"]
-    assert [e["max_abs_diff"] for e in inputs["pixel_values"]] == [0.0] * n_images
-    for name, ref in report["reference"].items():
-        assert ref["tokens_equal"] and ref["max_abs_logit_diff"] <= TOL, (name, ref)
-    assert report["encoder_calls"] == {"harness": n_images, "images": n_images}
 
 
 # -- recognition and the replica of the real checkpoint -------------------------------------------
@@ -62,18 +35,11 @@ def test_real_folder_layout_is_recognised_as_qwen2_5_vl():
 
 def test_replica_is_the_real_layout():
     from models.qwen2_5_vl.replicas import REPLICAS
-    from models.registry import resolve
-    from models.vlm_common import deep_update
 
     spec = REPLICAS[REPLICA]
-    folder = resolve(REPLICA).path
+    folder = assert_replica_files(REPLICA, spec)
     config = json.loads((folder / "config.json").read_text())
-    assert config == deep_update(spec["config"], spec["shrink"])
     assert config["vision_config"]["window_size"] == 112
-    assert json.loads((folder / "generation_config.json").read_text()) == \
-        spec["generation_config"]
-    index = json.loads((folder / "model.safetensors.index.json").read_text())
-    assert len(set(index["weight_map"].values())) >= 2
     fam = family(REPLICA)
     assert type(fam.model).__name__ == "Qwen2_5_VLForConditionalGeneration"
     assert fam.image_token_id == 151655 == fam.tokenizer.convert_tokens_to_ids("<|image_pad|>")
@@ -87,14 +53,7 @@ def test_parity_at_every_chunk_size(n_images):
     """Tokens identical and |Δlogit| <= 1e-4 against generate() and
     generate(prefill_chunk_size=k); ids and pixels equal the processor's; one vision call per
     image; some chunks end inside images."""
-    fam = family(NAME)
-    inside = 0
-    for chunk in CHUNKS:
-        ctx, res, report = parity(fam, _req(n_images), chunk)
-        _assert_exact(report, n_images)
-        assert len(res.tokens) == 4
-        inside += res.chunks_inside_image
-    assert inside > 0
+    assert_parity_grid(NAME, n_images, small_chunks_cut=False)
 
 
 def test_windows_are_exercised_and_one_call_per_image_equals_the_batched_call():
@@ -103,7 +62,7 @@ def test_windows_are_exercised_and_one_call_per_image_equals_the_batched_call():
     import torch
 
     fam = family(NAME)
-    ctx = TextAndVisionTokenizer(fam).new_context(_req(2))
+    ctx = TextAndVisionTokenizer(fam).new_context(req(2))
     assert [im.grid_thw for im in ctx.images] == [(1, 3, 5), (1, 5, 6)]
     inputs = fam.context_inputs(ctx)
     with torch.inference_mode():
@@ -115,17 +74,7 @@ def test_windows_are_exercised_and_one_call_per_image_equals_the_batched_call():
 
 
 def test_positions_match_transformers_rope_index():
-    fam = family(NAME)
-    ctx = TextAndVisionTokenizer(fam).new_context(_req(2))
-    import torch
-
-    inputs = fam.context_inputs(ctx)
-    ref, delta = fam.model.model.get_rope_index(
-        inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
-        image_grid_thw=inputs["image_grid_thw"])
-    ours = fam.prompt_positions(ctx)
-    assert torch.equal(ours[1:], ref)
-    assert fam.position_state(ours) == int(delta)
+    assert_positions_match_rope_index(NAME)
 
 
 # -- negative controls: each must be detected -----------------------------------------------------
@@ -144,7 +93,7 @@ def test_full_attention_instead_of_windows_is_detected():
             finally:
                 visual.fullatt_block_indexes = saved
 
-    _, _, report = parity(_with(family(NAME), NoWindows), _req(2), 7)
+    _, _, report = parity(with_rule(NoWindows, NAME), req(2), 7)
     assert report["input_comparison"]["equal"]
     assert report["verdict"] == "fail" and report["max_abs_logit_diff"] > 1e-2
 
@@ -161,23 +110,16 @@ def test_one_dimensional_positions_are_detected():
         def position_state(self, prompt_positions):
             return 0
 
-    _, _, report = parity(_with(family(NAME), Flat), _req(2), 7)
+    _, _, report = parity(with_rule(Flat, NAME), req(2), 7)
     assert report["verdict"] == "fail" and report["max_abs_logit_diff"] > 1e-2
 
 
 def test_a_dropped_encoder_row_is_refused_before_the_language_model():
-    from harness.pipelines.vlm import VLMPipeline
     from models.qwen2_5_vl import Qwen25VL
 
-    class Dropped(Qwen25VL):
-        def encode(self, image):
-            return super().encode(image)[:-1]
-
-    fam = _with(family(NAME), Dropped)
-    ctx = TextAndVisionTokenizer(fam).new_context(_req(2))
-    with pytest.raises(RequestError, match=r"image 0: the vision encoder returned 14 rows but "
-                                           r"the prompt has 15 placeholders"):
-        VLMPipeline(fam).generate(ctx)
+    assert_dropped_encoder_row_refused(
+        Qwen25VL, NAME, r"image 0: the vision encoder returned 14 rows but the prompt has 15 "
+                     r"placeholders")
 
 
 # -- the replica: the real generation config, chat messages ---------------------------------------
@@ -186,7 +128,7 @@ def test_replica_parity_and_its_repetition_penalty():
     harness does not: the report is an input mismatch that names it. With the penalty at 1.0
     the replica passes from the raw request at the whole prompt, chunk 1 and chunk 5."""
     fam = family(REPLICA)
-    _, _, report = parity(fam, _req(2, max_new_tokens=3), None)
+    _, _, report = parity(fam, req(2, max_new_tokens=3), None)
     assert report["verdict"] == "input mismatch"
     assert "RepetitionPenaltyLogitsProcessor(penalty=1.05" in report["verdict_note"]
     assert report["input_comparison"]["equal"]
@@ -194,48 +136,21 @@ def test_replica_parity_and_its_repetition_penalty():
     saved, gc.repetition_penalty = gc.repetition_penalty, 1.0
     try:
         for chunk in (None, 1, 5):
-            _, res, report = parity(fam, _req(2, max_new_tokens=3), chunk)
-            _assert_exact(report, 2)
+            _, res, report = parity(fam, req(2, max_new_tokens=3), chunk)
+            assert_exact(report, 2)
     finally:
         gc.repetition_penalty = saved
 
 
 def test_replica_chat_messages_with_system_and_history():
-    from harness.parity.vlm import compare_inputs, reference_inputs
-
-    messages = [{"role": "system", "content": "Answer in one word."},
-                {"role": "user", "content": [{"type": "image"},
-                                             {"type": "text", "text": "What is it?"}]},
-                {"role": "assistant", "content": "Noise."},
-                {"role": "user", "content": [{"type": "text", "text": "And this one?"},
-                                             {"type": "image"}]}]
-    fam = family(REPLICA)
-    req = TextGenerationRequest(prompt=messages, images=odd_images(2), max_new_tokens=2)
-    ctx = TextAndVisionTokenizer(fam).new_context(req)
-    result = compare_inputs(fam, ctx, reference_inputs(fam, req))
-    assert result["equal"], result["first_difference"]
+    fam, ctx = chat_context(REPLICA, SYSTEM_AND_HISTORY)
     text = fam.tokenizer.decode(ctx.tokens.prompt)
     assert text.startswith("<|im_start|>system\nAnswer in one word.<|im_end|>")
 
 
 def test_command_line_with_parity(tmp_path):
-    from PIL import Image
-
-    paths = []
-    for i, pixels in enumerate(odd_images(2)):
-        paths.append(str(tmp_path / f"p{i}.png"))
-        Image.fromarray(pixels).save(paths[-1])
-    out = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "harness.generate", "--model", NAME, "--prompt", "What is shown?",
-         "--image", paths[0], "--image", paths[1], "--max-new-tokens", "4", "--chunk-size", "7",
-         "--parity", "--output-dir", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads((out / "result.json").read_text())
+    report, result = cli_parity(tmp_path, NAME, "qwen2_5_vl", 4)
     assert result["model"]["family"] == "qwen2_5_vl" and len(result["token_ids"]) == 4
-    report = json.loads((out / "parity.json").read_text())
     assert report["verdict"] == "pass" and report["max_abs_logit_diff"] <= TOL
     assert report["chunks"]["inside_image"] > 0 and report["encoder_calls"]["harness"] == 2
     assert report["input_comparison"]["equal"]
@@ -248,8 +163,8 @@ def test_structured_output_parity_with_images_and_chunks():
     from harness.structured import check_json
     from tests.test_structured_vlm import PERSON
 
-    req = _req(2, max_new_tokens=80, ignore_eos=False, json_schema=PERSON)
-    _, res, report = parity(family(NAME), req, 7)
+    request = req(2, max_new_tokens=80, ignore_eos=False, json_schema=PERSON)
+    _, res, report = parity(family(NAME), request, 7)
     assert report["verdict"] == "pass", report["verdict_note"]
     assert report["tokens_equal"] and report["max_abs_logit_diff"] <= TOL
     assert check_json(report["texts"]["harness"], PERSON)["valid"]
