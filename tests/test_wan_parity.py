@@ -137,8 +137,16 @@ def test_cli_parity_writes_video_frames_and_report(tmp_path, capsys):
     report = json.loads((out / "parity.json").read_text())
     assert report["frames"]["frames_bitwise"] and len(report["frames"]["per_frame"]) == 5
     assert report["frame_rate"] == 8 and report["lossy_note"] is None
-    page = (out / "report.html").read_text()
-    assert "Video parity" in page and "Per-frame differences" in page
+    from tests.browser import check_page
+
+    page = check_page(out / "report.html")  # as a person sees it, in headless Chromium
+    assert page["network_requests"] == [] and page["console_errors"] == []
+    assert page["images"] == 2 and page["images_loaded"], page["broken_images"]  # both strips
+    # |diff| heatmap, per-frame differences, per-step latents, per-step timings
+    assert page["svg_count"] >= 4 and page["empty_svgs"] == 0
+    assert page["title"] == "Video parity: wan — bitwise"
+    for needle in ("Frame strips", "Per-frame differences", "num_frames", "WanPipeline"):
+        assert needle in page["text"], needle
     result = json.loads((out / "result.json").read_text())
     assert result["resolved"]["num_frames"] == 5 and result["resolved"]["frame_rate"] == 8
 
