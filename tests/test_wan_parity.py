@@ -43,6 +43,18 @@ def test_text_to_video_bitwise(cfg, noise, size, frames, steps, seed):
     assert ref.inputs == ("generator" if noise == "torch" else "latents")
 
 
+def test_bfloat16_bitwise_through_the_torch_step():
+    """bfloat16 modules: the step runs as the scheduler's own torch expressions (a bf16 model
+    output promotes as in diffusers), with the table's coefficients as 0-d float32 tensors."""
+    req = request(seed=3, negative_prompt="grey")
+    _, ours, ref, cmp = run("tiny-wan", req, dtype="bfloat16")
+    import torch
+
+    assert px.denoiser("tiny-wan", "bfloat16").c["transformer"].dtype == torch.bfloat16
+    assert ours.final_latents.dtype == np.float32  # latents stay float32, as in the pipeline
+    assert_bitwise(ours, ref, cmp)
+
+
 def test_two_experts_switch_at_the_boundary():
     req = request(guidance_scale=4.0, guidance_scale_2=2.0, seed=5)
     ctx, ours, ref, cmp = run("tiny-wan22", req)
