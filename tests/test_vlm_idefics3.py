@@ -6,35 +6,19 @@ forward, the replicas of SmolVLM-256M-Instruct and SmolVLM2-256M-Video-Instruct 
 line."""
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from harness.errors import RequestError
-from harness.tokenizers import TextAndVisionTokenizer, TextGenerationRequest
+from harness.tokenizers import TextAndVisionTokenizer
+from tests.vlm_family_checks import (CHUNKS, TOL, assert_parity_grid,
+                                     assert_pixels_mismatch_detected,
+                                     assert_refused_before_any_forward, assert_replica_files,
+                                     cli_parity, req, restarting_positions_report, with_rule,
+                                     with_tiles)
 from tests.vlm_fixtures import family, odd_images, parity, run, variant
 
-ROOT = Path(__file__).resolve().parents[1]
 IDEFICS3, SMOLVLM = "tiny-idefics3", "tiny-smolvlm"
-CHUNKS = (1, 3, 7, 13, None)
-TOL = 1e-4
-
-
-def _req(images, **kw):
-    kw.setdefault("max_new_tokens", 4)
-    kw.setdefault("ignore_eos", True)
-    return TextGenerationRequest(prompt="Describe the pictures, please.", images=images, **kw)
-
-
-def _clone(cls, name):
-    base = family(name)
-    return cls(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)})
 
 
 # -- recognition and the recipe -------------------------------------------------------------------
@@ -54,8 +38,8 @@ def test_folders_are_recognised_by_model_type():
 
 @pytest.mark.parametrize("name", (IDEFICS3, SMOLVLM))
 def test_images_change_the_output(name):
-    _, a = run(name, _req(odd_images(1, seed=0), max_new_tokens=1))
-    _, b = run(name, _req(odd_images(1, seed=1), max_new_tokens=1))
+    _, a = run(name, req(odd_images(1, seed=0), max_new_tokens=1))
+    _, b = run(name, req(odd_images(1, seed=1), max_new_tokens=1))
     assert float((a.logits[0] - b.logits[0]).abs().max()) > 0.05
 
 
@@ -64,7 +48,7 @@ def test_split_layout_rows_columns_and_global_tile():
     """37×23 → longest edge 128 → 128×96: 3 rows × 4 columns of 32-pixel tiles + the global
     tile; the range runs from the first to the last <image>, only <image> gets encoder rows."""
     fam = family(IDEFICS3)
-    ctx = TextAndVisionTokenizer(fam).new_context(_req(odd_images(1)))
+    ctx = TextAndVisionTokenizer(fam).new_context(req(1))
     im = ctx.images[0]
     assert im.pixel_values.shape == (13, 3, 32, 32) and im.num_embeddings == 13 * 4
     text = fam.tokenizer.decode(ctx.tokens.prompt[im.start_idx - 2:im.end_idx + 1])
@@ -80,11 +64,11 @@ def test_tall_image_and_no_splitting_option():
     """A 20×70 (w×h) image splits into 4 rows × 2 columns; with the request option
     ``do_image_splitting=False`` only the global tile is left; both equal the processor."""
     tall = (np.random.RandomState(5).rand(70, 20, 3) * 255).astype(np.uint8)
-    ctx, _, report = parity(family(IDEFICS3), _req([tall], max_new_tokens=2), 7)
+    ctx, _, report = parity(family(IDEFICS3), req([tall], max_new_tokens=2), 7)
     assert ctx.images[0].pixel_values.shape[0] == 4 * 2 + 1
     assert report["verdict"] == "pass", report["verdict_note"]
-    req = _req(odd_images(2), max_new_tokens=2, image_options={"do_image_splitting": False})
-    ctx, res, report = parity(family(SMOLVLM), req, 3)
+    request = req(2, max_new_tokens=2, image_options={"do_image_splitting": False})
+    ctx, res, report = parity(family(SMOLVLM), request, 3)
     assert [im.pixel_values.shape[0] for im in ctx.images] == [1, 1]
     assert [im.num_tokens for im in ctx.images] == [4, 4]
     assert report["verdict"] == "pass", report["verdict_note"]
@@ -102,18 +86,7 @@ def test_parity_from_the_raw_request(name, n_images, chunks):
     """Ids and pixels equal the processor's; tokens identical and |Δlogit| <= 1e-4 against
     generate() and generate(prefill_chunk_size=k); one encoder call per image; small chunks end
     inside images (between tiles and inside them)."""
-    fam = family(name)
-    for chunk in chunks:
-        ctx, res, report = parity(fam, _req(odd_images(n_images)), chunk)
-        assert report["verdict"] == "pass", (chunk, report["verdict_note"])
-        assert report["input_comparison"]["equal"]
-        assert all(e["max_abs_diff"] == 0.0 for e in report["input_comparison"]["pixel_values"])
-        for ref in ("generate", "generate_chunked"):
-            cmp = report["reference"][ref]
-            assert cmp["tokens_equal"] and cmp["max_abs_logit_diff"] <= TOL, (chunk, ref, cmp)
-        assert res.encoder_calls == len(ctx.images) == n_images
-        if chunk is not None and chunk <= 7:
-            assert res.chunks_inside_image > 0
+    assert_parity_grid(name, n_images, chunks)
 
 
 def test_one_vision_call_per_image_over_all_its_tiles():
@@ -124,7 +97,7 @@ def test_one_vision_call_per_image_over_all_its_tiles():
     tower.forward = lambda *a, **k: (batches.append(k["pixel_values"].shape[0])
                                      or forward(*a, **k))
     try:
-        ctx, _ = run(IDEFICS3, _req(odd_images(2)), 5)
+        ctx, _ = run(IDEFICS3, req(2), 5)
     finally:
         del tower.forward
     assert batches == [13, 13]
@@ -132,30 +105,20 @@ def test_one_vision_call_per_image_over_all_its_tiles():
 
 # -- negative controls ----------------------------------------------------------------------------
 def test_positions_restarting_per_chunk_are_detected():
-    import torch
-
     from models.idefics3 import Idefics3
 
-    class Restart(Idefics3):
-        def prompt_positions(self, ctx):
-            return (torch.arange(ctx.tokens.prompt_length) % 7)[None]
-
-    _, _, report = parity(_clone(Restart, IDEFICS3), _req(odd_images(2)), 7)
+    report = restarting_positions_report(Idefics3, IDEFICS3)
     assert report["verdict"] == "fail" and report["max_abs_logit_diff"] > 1e-2
 
 
 def test_a_dropped_tile_is_refused_before_any_forward():
     from models.idefics3 import Idefics3
 
-    class DropTile(Idefics3):
-        def prepare(self, image, options=None):
-            prep = super().prepare(image, options)
-            prep.pieces[0].pixel_values = prep.pieces[0].pixel_values[:-1]
-            return prep
+    DropTile = with_tiles(Idefics3, lambda tiles: tiles[:-1])
 
     with pytest.raises(RequestError, match=r"^image 0: the image processor makes 12 tiles for a "
                                            r"3×4 split \+ global image$"):
-        TextAndVisionTokenizer(_clone(DropTile, IDEFICS3)).new_context(_req(odd_images(1)))
+        TextAndVisionTokenizer(with_rule(DropTile, IDEFICS3)).new_context(req(1))
 
 
 def test_tiles_in_the_wrong_order_are_detected():
@@ -163,17 +126,10 @@ def test_tiles_in_the_wrong_order_are_detected():
     outputs move."""
     from models.idefics3 import Idefics3
 
-    class GlobalFirst(Idefics3):
-        def prepare(self, image, options=None):
-            prep = super().prepare(image, options)
-            pv = prep.pieces[0].pixel_values
-            prep.pieces[0].pixel_values = np.ascontiguousarray(np.roll(pv, 1, axis=0))
-            return prep
+    GlobalFirst = with_tiles(Idefics3, lambda pv: np.roll(pv, 1, axis=0))
 
-    _, _, report = parity(_clone(GlobalFirst, IDEFICS3), _req(odd_images(1)), 7)
-    assert report["verdict"] == "input mismatch"
-    assert report["verdict_note"].startswith("image 0 pixel values differ by max")
-    assert report["max_abs_logit_diff"] > 1e-2
+    _, _, report = parity(with_rule(GlobalFirst, IDEFICS3), req(1), 7)
+    assert_pixels_mismatch_detected(report)
 
 
 def test_wrong_row_column_tags_are_an_input_mismatch():
@@ -191,7 +147,7 @@ def test_wrong_row_column_tags_are_an_input_mismatch():
             prep.pieces[0].placeholder_ids = ids[at[0]:at[-1] + 1].tolist()
             return prep
 
-    _, _, report = parity(_clone(OneTag, IDEFICS3), _req(odd_images(1)), None)
+    _, _, report = parity(with_rule(OneTag, IDEFICS3), req(1), None)
     assert report["verdict"] == "input mismatch"
     assert report["verdict_note"].startswith("prompt ids differ at position")
 
@@ -205,16 +161,7 @@ def test_wrong_row_column_tags_are_an_input_mismatch():
      r"image 0: the image processor makes 24×24-pixel tiles but the vision tower takes 32×32"),
 ], ids=["image-seq-len", "tile-size"])
 def test_refused_before_any_forward(tmp_path, edits, message):
-    from harness.pipelines.vlm import VLMPipeline
-
-    fam = variant(IDEFICS3, tmp_path, **edits)
-    calls = []
-    for module in (fam.model, fam.model.model):
-        forward = module.forward
-        module.forward = lambda *a, _f=forward, **k: calls.append(1) or _f(*a, **k)
-    with pytest.raises(RequestError, match=message) as err:
-        VLMPipeline(fam).generate(TextAndVisionTokenizer(fam).new_context(_req(odd_images(1))))
-    assert "\n" not in str(err.value) and calls == []
+    assert_refused_before_any_forward(variant(IDEFICS3, tmp_path, **edits), message)
 
 
 # -- replicas of the real checkpoints -------------------------------------------------------------
@@ -230,27 +177,19 @@ def test_replica_layout_and_parity(name):
     real split (37×23 → 12 tiles of 512 + the global tile, 832 image tokens), SmolVLM2 on two
     images with the request option do_image_splitting=False."""
     from models.idefics3.replicas import REPLICAS
-    from models.registry import resolve
-    from models.vlm_common import deep_update
 
     spec = REPLICAS[name]
-    folder = resolve(name).path
-    assert json.loads((folder / "config.json").read_text()) == deep_update(spec["config"],
-                                                                          spec["shrink"])
-    assert json.loads((folder / "generation_config.json").read_text()) == \
-        spec["generation_config"]
-    index = json.loads((folder / "model.safetensors.index.json").read_text())
-    assert len(set(index["weight_map"].values())) >= 2
+    assert_replica_files(name, spec)
     fam = family(name)
     assert type(fam.model).__name__ == REPLICA_CLASSES[name] and fam.family == "idefics3"
     assert fam.image_token_id == 49190 == fam.tokenizer.convert_tokens_to_ids("<image>")
     assert fam.tokenizer.convert_tokens_to_ids("<row_6_col_6>") == 49188
     assert fam.chat_template == spec["chat_template"]
     if "smolvlm2" in name:
-        req = _req(odd_images(2), max_new_tokens=3, image_options={"do_image_splitting": False})
+        request = req(2, max_new_tokens=3, image_options={"do_image_splitting": False})
     else:
-        req = _req(odd_images(1), max_new_tokens=3)
-    ctx, res, report = parity(fam, req, 64)
+        request = req(1, max_new_tokens=3)
+    ctx, res, report = parity(fam, request, 64)
     assert report["verdict"] == "pass", report["verdict_note"]
     assert report["tokens_equal"] and report["max_abs_logit_diff"] <= TOL
     assert res.encoder_calls == len(ctx.images) and res.chunks_inside_image > 0
@@ -261,21 +200,4 @@ def test_replica_layout_and_parity(name):
 
 # -- the command line -----------------------------------------------------------------------------
 def test_cli_parity(tmp_path):
-    from PIL import Image
-
-    paths = []
-    for i, img in enumerate(odd_images(2)):
-        paths.append(str(tmp_path / f"p{i}.png"))
-        Image.fromarray(img).save(paths[-1])
-    out = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "harness.generate", "--model", SMOLVLM, "--prompt",
-         "What is shown?", "--image", paths[0], "--image", paths[1], "--max-new-tokens", "3",
-         "--chunk-size", "7", "--parity", "--output-dir", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads((out / "parity.json").read_text())
-    assert report["verdict"] == "pass" and report["family"] == "idefics3"
-    assert report["encoder_calls"] == {"harness": 2, "images": 2}
-    assert report["chunks"]["inside_image"] > 0
+    cli_parity(tmp_path, SMOLVLM, "idefics3", 3)

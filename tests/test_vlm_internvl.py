@@ -5,35 +5,20 @@ request, negative controls, refusals before any forward, the replica of InternVL
 command line."""
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from harness.errors import RequestError
-from harness.tokenizers import TextAndVisionTokenizer, TextGenerationRequest
+from harness.tokenizers import TextAndVisionTokenizer
+from tests.vlm_family_checks import (TOL, assert_parity_grid, assert_pixels_mismatch_detected,
+                                     assert_refused_before_any_forward, assert_replica_files,
+                                     cli_parity, req, restarting_positions_report, with_rule,
+                                     with_tiles)
 from tests.vlm_fixtures import family, odd_images, parity, run, variant
 
-ROOT = Path(__file__).resolve().parents[1]
 NAME = "tiny-internvl"
-CHUNKS = (1, 3, 7, 13, None)
-TOL = 1e-4
-
-
-def _req(images, **kw):
-    kw.setdefault("max_new_tokens", 4)
-    kw.setdefault("ignore_eos", True)
-    return TextGenerationRequest(prompt="Describe the pictures, please.", images=images, **kw)
-
-
-def _clone(cls):
-    base = family(NAME)
-    return cls(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)})
 
 
 def test_folders_are_recognised_by_model_type(tmp_path):
@@ -52,8 +37,8 @@ def test_folders_are_recognised_by_model_type(tmp_path):
 
 
 def test_images_change_the_output():
-    _, a = run(NAME, _req(odd_images(1, seed=0), max_new_tokens=1))
-    _, b = run(NAME, _req(odd_images(1, seed=1), max_new_tokens=1))
+    _, a = run(NAME, req(odd_images(1, seed=0), max_new_tokens=1))
+    _, b = run(NAME, req(odd_images(1, seed=1), max_new_tokens=1))
     assert float((a.logits[0] - b.logits[0]).abs().max()) > 0.05
 
 
@@ -63,33 +48,21 @@ def test_tiles_follow_the_aspect_ratio_and_the_processor():
     one tile, no thumbnail, for the second (1×1 is nearer its aspect ratio than 2×1)."""
     fam = family(NAME)
     tok = TextAndVisionTokenizer(fam)
-    ctx = tok.new_context(_req(odd_images(2)))
+    ctx = tok.new_context(req(2))
     assert [im.pixel_values.shape[0] for im in ctx.images] == [7, 13]
     assert [im.num_tokens for im in ctx.images] == [28, 52]
     ids = ctx.tokens.prompt.tolist()
     first = ctx.images[0]
     assert fam.tokenizer.decode(ids[first.start_idx - 1:first.end_idx + 1]) == \
         "<img>" + "<IMG_CONTEXT>" * 28 + "</img>"
-    ctx, _, report = parity(fam, _req(odd_images(2), max_new_tokens=2,
-                                      image_options={"max_patches": 2}), 5)
+    ctx, _, report = parity(fam, req(2, max_new_tokens=2, image_options={"max_patches": 2}), 5)
     assert [im.pixel_values.shape[0] for im in ctx.images] == [3, 1]
     assert report["verdict"] == "pass", report["verdict_note"]
 
 
 @pytest.mark.parametrize("n_images", (1, 2))
 def test_parity_from_the_raw_request(n_images):
-    fam = family(NAME)
-    for chunk in CHUNKS:
-        ctx, res, report = parity(fam, _req(odd_images(n_images)), chunk)
-        assert report["verdict"] == "pass", (chunk, report["verdict_note"])
-        assert report["input_comparison"]["equal"]
-        assert all(e["max_abs_diff"] == 0.0 for e in report["input_comparison"]["pixel_values"])
-        for ref in ("generate", "generate_chunked"):
-            cmp = report["reference"][ref]
-            assert cmp["tokens_equal"] and cmp["max_abs_logit_diff"] <= TOL, (chunk, ref, cmp)
-        assert res.encoder_calls == len(ctx.images) == n_images
-        if chunk is not None and chunk <= 7:
-            assert res.chunks_inside_image > 0
+    assert_parity_grid(NAME, n_images)
 
 
 def test_one_vision_call_per_image_over_all_its_tiles():
@@ -100,7 +73,7 @@ def test_one_vision_call_per_image_over_all_its_tiles():
     tower.forward = lambda *a, **k: (batches.append(k["pixel_values"].shape[0])
                                      or forward(*a, **k))
     try:
-        run(NAME, _req(odd_images(2)), 3)
+        run(NAME, req(2), 3)
     finally:
         del tower.forward
     assert batches == [7, 13]
@@ -108,48 +81,31 @@ def test_one_vision_call_per_image_over_all_its_tiles():
 
 # -- negative controls ----------------------------------------------------------------------------
 def test_positions_restarting_per_chunk_are_detected():
-    import torch
-
     from models.internvl import InternVL
 
-    class Restart(InternVL):
-        def prompt_positions(self, ctx):
-            return (torch.arange(ctx.tokens.prompt_length) % 7)[None]
-
-    _, _, report = parity(_clone(Restart), _req(odd_images(2)), 7)
+    report = restarting_positions_report(InternVL, NAME)
     assert report["verdict"] == "fail" and report["max_abs_logit_diff"] > 1e-2
 
 
 def test_a_dropped_tile_is_refused_before_any_forward():
     from models.internvl import InternVL
 
-    class DropThumbnail(InternVL):
-        def prepare(self, image, options=None):
-            prep = super().prepare(image, options)
-            prep.pieces[0].pixel_values = prep.pieces[0].pixel_values[:-1]
-            return prep
+    DropThumbnail = with_tiles(InternVL, lambda tiles: tiles[:-1])
 
     with pytest.raises(RequestError, match=r"^image 0: the model's vision tower gives 24 encoder "
                                            r"rows \(6 tiles of 4×4 patches pixel-shuffled to "
                                            r"2×2 \(downsample_ratio 0.5\)\) but the processor "
                                            r"lays out 28 placeholders for it$"):
-        TextAndVisionTokenizer(_clone(DropThumbnail)).new_context(_req(odd_images(1)))
+        TextAndVisionTokenizer(with_rule(DropThumbnail, NAME)).new_context(req(1))
 
 
 def test_tiles_in_the_wrong_order_are_detected():
     from models.internvl import InternVL
 
-    class ThumbnailFirst(InternVL):
-        def prepare(self, image, options=None):
-            prep = super().prepare(image, options)
-            pv = prep.pieces[0].pixel_values
-            prep.pieces[0].pixel_values = np.ascontiguousarray(np.roll(pv, 1, axis=0))
-            return prep
+    ThumbnailFirst = with_tiles(InternVL, lambda pv: np.roll(pv, 1, axis=0))
 
-    _, _, report = parity(_clone(ThumbnailFirst), _req(odd_images(1)), 7)
-    assert report["verdict"] == "input mismatch"
-    assert report["verdict_note"].startswith("image 0 pixel values differ by max")
-    assert report["max_abs_logit_diff"] > 1e-2
+    _, _, report = parity(with_rule(ThumbnailFirst, NAME), req(1), 7)
+    assert_pixels_mismatch_detected(report)
 
 
 def test_tiling_left_off_is_an_input_mismatch():
@@ -161,7 +117,7 @@ def test_tiling_left_off_is_an_input_mismatch():
         def prepare(self, image, options=None):
             return super().prepare(image, {**(options or {}), "crop_to_patches": False})
 
-    _, _, report = parity(_clone(FolderSetting), _req(odd_images(1)), None)
+    _, _, report = parity(with_rule(FolderSetting, NAME), req(1), None)
     assert report["verdict"] == "input mismatch"
     assert report["verdict_note"].startswith("prompt ids differ at position")
 
@@ -176,16 +132,7 @@ def test_tiling_left_off_is_an_input_mismatch():
      r"vision_feature_select_strategy 'full' keeps the CLS row"),
 ], ids=["image-seq-length", "tile-size", "cls"])
 def test_refused_before_any_forward(tmp_path, edits, message):
-    from harness.pipelines.vlm import VLMPipeline
-
-    fam = variant(NAME, tmp_path, **edits)
-    calls = []
-    for module in (fam.model, fam.model.model):
-        forward = module.forward
-        module.forward = lambda *a, _f=forward, **k: calls.append(1) or _f(*a, **k)
-    with pytest.raises(RequestError, match=message) as err:
-        VLMPipeline(fam).generate(TextAndVisionTokenizer(fam).new_context(_req(odd_images(1))))
-    assert "\n" not in str(err.value) and calls == []
+    assert_refused_before_any_forward(variant(NAME, tmp_path, **edits), message)
 
 
 def test_replica_layout_and_parity():
@@ -193,21 +140,15 @@ def test_replica_layout_and_parity():
     conversion script's chat template); a 37×23 image at the real geometry (448-pixel tiles:
     3×2 + thumbnail, 7 × 256 context tokens) with chunks of 512 that cut it."""
     from models.internvl.replicas import REPLICAS
-    from models.registry import resolve
-    from models.vlm_common import deep_update
 
     name = "replica-internvl3-1b-hf"
     spec = REPLICAS[name]
-    folder = resolve(name).path
-    assert json.loads((folder / "config.json").read_text()) == deep_update(spec["config"],
-                                                                          spec["shrink"])
-    index = json.loads((folder / "model.safetensors.index.json").read_text())
-    assert len(set(index["weight_map"].values())) >= 2
+    assert_replica_files(name, spec)
     fam = family(name)
     assert fam.family == "internvl" and fam.chat_template == spec["chat_template"]
     assert fam.image_token_id == 151667 == fam.tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
     assert fam.tokenizer.convert_tokens_to_ids(["<img>", "</img>"]) == [151665, 151666]
-    ctx, res, report = parity(fam, _req(odd_images(1), max_new_tokens=3), 512)
+    ctx, res, report = parity(fam, req(1, max_new_tokens=3), 512)
     assert ctx.images[0].pixel_values.shape == (7, 3, 448, 448)
     assert ctx.images[0].num_tokens == 7 * 256
     assert report["verdict"] == "pass", report["verdict_note"]
@@ -216,21 +157,4 @@ def test_replica_layout_and_parity():
 
 
 def test_cli_parity(tmp_path):
-    from PIL import Image
-
-    paths = []
-    for i, img in enumerate(odd_images(2)):
-        paths.append(str(tmp_path / f"p{i}.png"))
-        Image.fromarray(img).save(paths[-1])
-    out = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "harness.generate", "--model", NAME, "--prompt", "What is shown?",
-         "--image", paths[0], "--image", paths[1], "--max-new-tokens", "3", "--chunk-size", "7",
-         "--parity", "--output-dir", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads((out / "parity.json").read_text())
-    assert report["verdict"] == "pass" and report["family"] == "internvl"
-    assert report["encoder_calls"] == {"harness": 2, "images": 2}
-    assert report["chunks"]["inside_image"] > 0
+    cli_parity(tmp_path, NAME, "internvl", 3)

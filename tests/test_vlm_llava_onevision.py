@@ -5,35 +5,20 @@ generate(prefill_chunk_size=k) from the raw request, negative controls, refusals
 forward, the replicas of the real checkpoints and the command line."""
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from harness.errors import RequestError
-from harness.tokenizers import TextAndVisionTokenizer, TextGenerationRequest
+from harness.tokenizers import TextAndVisionTokenizer
+from tests.vlm_family_checks import (TOL, assert_parity_grid, assert_pixels_mismatch_detected,
+                                     assert_refused_before_any_forward, assert_replica_files,
+                                     chat_context, cli_parity, req,
+                                     restarting_positions_report, with_rule, with_tiles)
 from tests.vlm_fixtures import family, odd_images, parity, run, variant
 
-ROOT = Path(__file__).resolve().parents[1]
 OV, NEXT = "tiny-llava-onevision", "tiny-llava-next"
-CHUNKS = (1, 3, 7, 13, None)
-TOL = 1e-4
-
-
-def _req(images, **kw):
-    kw.setdefault("max_new_tokens", 4)
-    kw.setdefault("ignore_eos", True)
-    return TextGenerationRequest(prompt="Describe the pictures, please.", images=images, **kw)
-
-
-def _clone(cls, name):
-    base = family(name)
-    return cls(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)})
 
 
 # -- recognition and the recipe -------------------------------------------------------------------
@@ -58,8 +43,8 @@ def test_folders_are_recognised_by_model_type(tmp_path):
 @pytest.mark.parametrize("name", (OV, NEXT))
 def test_images_change_the_output(name):
     """Re-drawn weights: other pixels move the logits by far more than the parity bound."""
-    _, a = run(name, _req(odd_images(1, seed=0), max_new_tokens=1))
-    _, b = run(name, _req(odd_images(1, seed=1), max_new_tokens=1))
+    _, a = run(name, req(odd_images(1, seed=0), max_new_tokens=1))
+    _, b = run(name, req(odd_images(1, seed=1), max_new_tokens=1))
     assert float((a.logits[0] - b.logits[0]).abs().max()) > 0.05
 
 
@@ -69,10 +54,10 @@ def test_onevision_tiles_one_image_and_not_two():
     newline rows; two images in one prompt: one padded square each, 16 + 1 rows (the
     processor's batch_num_images rule)."""
     tok = TextAndVisionTokenizer(family(OV))
-    one = tok.new_context(_req(odd_images(1)))
+    one = tok.new_context(req(1))
     assert one.images[0].pixel_values.shape == (3, 3, 32, 32)
     assert one.images[0].num_tokens == 16 + 4 * 6 + 4
-    two = tok.new_context(_req(odd_images(2)))
+    two = tok.new_context(req(2))
     assert [im.pixel_values.shape[0] for im in two.images] == [1, 1]
     assert [im.num_tokens for im in two.images] == [17, 17]
 
@@ -81,7 +66,7 @@ def test_onevision_large_image_is_shrunk_to_anyres_max_9():
     """A 190×190 image takes 6×6 tiles (24×24 features), more than 9 tiles' worth: the model
     shrinks them to 12×12 (+12 newlines), and the harness counts the same rows."""
     img = (np.random.RandomState(3).rand(190, 190, 3) * 255).astype(np.uint8)
-    ctx, res, report = parity(family(OV), _req([img], max_new_tokens=2), 13)
+    ctx, res, report = parity(family(OV), req([img], max_new_tokens=2), 13)
     assert ctx.images[0].pixel_values.shape[0] == 37
     assert ctx.images[0].num_tokens == 16 + 12 * 12 + 12
     assert report["verdict"] == "pass", report["verdict_note"]
@@ -90,7 +75,7 @@ def test_onevision_large_image_is_shrunk_to_anyres_max_9():
 
 def test_next_keeps_cls_rule_and_tiles_every_image():
     """LLaVA-NeXT: CLS dropped ("default"), every image tiled even with two in the prompt."""
-    ctx = TextAndVisionTokenizer(family(NEXT)).new_context(_req(odd_images(2)))
+    ctx = TextAndVisionTokenizer(family(NEXT)).new_context(req(2))
     assert [im.pixel_values.shape[0] for im in ctx.images] == [3, 5]
     # 37×23 → 1×2 tiles: 16 base + 4×6 unpadded + 4 newlines; 61×45 → 2×2: 16 + 6×8 + 6
     assert [im.num_tokens for im in ctx.images] == [44, 70]
@@ -103,18 +88,7 @@ def test_parity_from_the_raw_request(name, n_images):
     """Ids and pixels equal the processor's; tokens identical and |Δlogit| <= 1e-4 against
     generate() and generate(prefill_chunk_size=k); one encoder call per image; small chunks end
     inside images."""
-    fam = family(name)
-    for chunk in CHUNKS:
-        ctx, res, report = parity(fam, _req(odd_images(n_images)), chunk)
-        assert report["verdict"] == "pass", (chunk, report["verdict_note"])
-        assert report["input_comparison"]["equal"]
-        assert all(e["max_abs_diff"] == 0.0 for e in report["input_comparison"]["pixel_values"])
-        for ref in ("generate", "generate_chunked"):
-            cmp = report["reference"][ref]
-            assert cmp["tokens_equal"] and cmp["max_abs_logit_diff"] <= TOL, (chunk, ref, cmp)
-        assert res.encoder_calls == len(ctx.images) == n_images
-        if chunk is not None and chunk <= 7:
-            assert res.chunks_inside_image > 0
+    assert_parity_grid(name, n_images)
 
 
 def test_one_vision_call_per_image_over_all_its_tiles():
@@ -126,7 +100,7 @@ def test_one_vision_call_per_image_over_all_its_tiles():
     tower.forward = lambda pixel_values, *a, **k: (batches.append(pixel_values.shape[0])
                                                    or forward(pixel_values, *a, **k))
     try:
-        ctx, _ = run(NEXT, _req(odd_images(2)), 3)
+        ctx, _ = run(NEXT, req(2), 3)
     finally:
         del tower.forward
     assert batches == [im.pixel_values.shape[0] for im in ctx.images] == [3, 5]
@@ -135,15 +109,9 @@ def test_one_vision_call_per_image_over_all_its_tiles():
 # -- negative controls ----------------------------------------------------------------------------
 def test_positions_restarting_per_chunk_are_detected():
     """Positions that restart at every chunk (a chunked-prefill bug) must break parity."""
-    import torch
-
     from models.llava_onevision import AnyRes
 
-    class Restart(AnyRes):
-        def prompt_positions(self, ctx):
-            return (torch.arange(ctx.tokens.prompt_length) % 7)[None]
-
-    _, _, report = parity(_clone(Restart, OV), _req(odd_images(2)), 7)
+    report = restarting_positions_report(AnyRes, OV)
     assert report["verdict"] == "fail"
     assert report["max_abs_logit_diff"] > 1e-2
 
@@ -151,17 +119,13 @@ def test_positions_restarting_per_chunk_are_detected():
 def test_a_dropped_tile_is_refused_before_any_forward():
     from models.llava_onevision import AnyRes
 
-    class DropTile(AnyRes):
-        def prepare(self, image, options=None):
-            prep = super().prepare(image, options)
-            prep.pieces[0].pixel_values = prep.pieces[0].pixel_values[:-1]
-            return prep
+    DropTile = with_tiles(AnyRes, lambda tiles: tiles[:-1])
 
-    fam = _clone(DropTile, NEXT)
+    fam = with_rule(DropTile, NEXT)
     with pytest.raises(RequestError, match=r"^image 0: the image processor makes 2 tiles of a "
                                            r"23×37 image but the model's image_grid_pinpoints "
                                            r"give 3$"):
-        TextAndVisionTokenizer(fam).new_context(_req(odd_images(1)))
+        TextAndVisionTokenizer(fam).new_context(req(1))
 
 
 def test_tiles_in_the_wrong_order_are_detected():
@@ -169,17 +133,10 @@ def test_tiles_in_the_wrong_order_are_detected():
     outputs move (the tiles' order reaches the logits)."""
     from models.llava_onevision import AnyRes
 
-    class Swap(AnyRes):
-        def prepare(self, image, options=None):
-            prep = super().prepare(image, options)
-            pv = prep.pieces[0].pixel_values
-            prep.pieces[0].pixel_values = np.ascontiguousarray(pv[[0, 2, 1]])
-            return prep
+    Swap = with_tiles(AnyRes, lambda pv: pv[[0, 2, 1]])
 
-    _, res, report = parity(_clone(Swap, NEXT), _req(odd_images(1)), 7)
-    assert report["verdict"] == "input mismatch"
-    assert report["verdict_note"].startswith("image 0 pixel values differ by max")
-    assert report["max_abs_logit_diff"] > 1e-2
+    _, res, report = parity(with_rule(Swap, NEXT), req(1), 7)
+    assert_pixels_mismatch_detected(report)
 
 
 def test_tiling_every_image_of_a_multi_image_prompt_is_an_input_mismatch():
@@ -193,7 +150,7 @@ def test_tiling_every_image_of_a_multi_image_prompt_is_an_input_mismatch():
             self._prompt_images = 1
             return text
 
-    _, _, report = parity(_clone(AlwaysTile, OV), _req(odd_images(2)), None)
+    _, _, report = parity(with_rule(AlwaysTile, OV), req(2), None)
     assert report["verdict"] == "input mismatch"
     assert report["verdict_note"].startswith("prompt ids differ at position")
 
@@ -209,16 +166,7 @@ def test_tiling_every_image_of_a_multi_image_prompt_is_an_input_mismatch():
      r"a 4×4-patch tile gives 17 features \(vision_feature_select_strategy 'full'\)"),
 ], ids=["ov-num-image-tokens", "ov-tile-size", "next-cls"])
 def test_refused_before_any_forward(tmp_path, name, edits, message):
-    from harness.pipelines.vlm import VLMPipeline
-
-    fam = variant(name, tmp_path, **edits)
-    calls = []
-    for module in (fam.model, fam.model.model):
-        forward = module.forward
-        module.forward = lambda *a, _f=forward, **k: calls.append(1) or _f(*a, **k)
-    with pytest.raises(RequestError, match=message) as err:
-        VLMPipeline(fam).generate(TextAndVisionTokenizer(fam).new_context(_req(odd_images(1))))
-    assert "\n" not in str(err.value) and calls == []
+    assert_refused_before_any_forward(variant(name, tmp_path, **edits), message)
 
 
 # -- replicas of the real checkpoints -------------------------------------------------------------
@@ -234,18 +182,9 @@ def test_replica_layout_and_parity(name):
     image-token id, the folder's chat template); parity from the raw request on two odd-sized
     images at the whole prompt and chunks of 64 that cut images."""
     from models.llava_onevision.replicas import REPLICAS
-    from models.registry import resolve
-    from models.vlm_common import deep_update
 
-    resolved = resolve(name)
     spec = REPLICAS[name]
-    folder = resolved.path
-    assert json.loads((folder / "config.json").read_text()) == deep_update(spec["config"],
-                                                                          spec["shrink"])
-    assert json.loads((folder / "generation_config.json").read_text()) == \
-        spec["generation_config"]
-    index = json.loads((folder / "model.safetensors.index.json").read_text())
-    assert len(set(index["weight_map"].values())) >= 2
+    assert_replica_files(name, spec)
     fam = family(name)
     cls, token, real_id = REPLICA_IDS[name]
     assert type(fam.model).__name__ == cls and fam.family == "llava_onevision"
@@ -253,7 +192,7 @@ def test_replica_layout_and_parity(name):
     assert fam.chat_template == spec["chat_template"]
     n_images = 2 if "onevision" in name else 1
     for chunk in (None, 64):
-        ctx, res, report = parity(fam, _req(odd_images(n_images), max_new_tokens=3), chunk)
+        ctx, res, report = parity(fam, req(n_images, max_new_tokens=3), chunk)
         assert report["verdict"] == "pass", (chunk, report["verdict_note"])
         assert report["tokens_equal"] and report["max_abs_logit_diff"] <= TOL
         assert res.encoder_calls == n_images
@@ -266,47 +205,23 @@ def test_onevision_replica_single_image_counts_like_the_real_model():
     from harness.parity.vlm import compare_inputs, reference_inputs
 
     fam = family("replica-llava-onevision-qwen2-0.5b-ov")
-    req = _req(odd_images(1))
-    ctx = TextAndVisionTokenizer(fam).new_context(req)
+    request = req(1)
+    ctx = TextAndVisionTokenizer(fam).new_context(request)
     assert ctx.images[0].num_tokens == 1205
-    assert compare_inputs(fam, ctx, reference_inputs(fam, req))["equal"]
+    assert compare_inputs(fam, ctx, reference_inputs(fam, request))["equal"]
 
 
 def test_chat_messages_with_system_and_history():
-    from harness.parity.vlm import compare_inputs, reference_inputs
-
-    fam = family("replica-llava-onevision-qwen2-0.5b-ov")
     messages = [{"role": "system", "content": [{"type": "text", "text": "Answer briefly."}]},
                 {"role": "user", "content": [{"type": "image"},
                                              {"type": "text", "text": "What is it?"}]},
                 {"role": "assistant", "content": [{"type": "text", "text": "Noise."}]},
                 {"role": "user", "content": [{"type": "text", "text": "And this?"},
                                              {"type": "image"}]}]
-    req = TextGenerationRequest(prompt=messages, images=odd_images(2), max_new_tokens=2)
-    ctx = TextAndVisionTokenizer(fam).new_context(req)
-    assert compare_inputs(fam, ctx, reference_inputs(fam, req))["equal"]
+    _, ctx = chat_context("replica-llava-onevision-qwen2-0.5b-ov", messages)
     assert [im.num_tokens for im in ctx.images] == [730, 730]
 
 
 # -- the command line -----------------------------------------------------------------------------
 def test_cli_parity(tmp_path):
-    from PIL import Image
-
-    paths = []
-    for i, img in enumerate(odd_images(2)):
-        paths.append(str(tmp_path / f"p{i}.png"))
-        Image.fromarray(img).save(paths[-1])
-    out = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "harness.generate", "--model", OV, "--prompt", "What is shown?",
-         "--image", paths[0], "--image", paths[1], "--max-new-tokens", "3", "--chunk-size", "7",
-         "--parity", "--output-dir", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads((out / "parity.json").read_text())
-    assert report["verdict"] == "pass" and report["family"] == "llava_onevision"
-    assert report["encoder_calls"] == {"harness": 2, "images": 2}
-    assert report["chunks"]["inside_image"] > 0
-    result = json.loads((out / "result.json").read_text())
-    assert result["model"]["family"] == "llava_onevision"
+    cli_parity(tmp_path, OV, "llava_onevision", 3)
