@@ -28,7 +28,8 @@ from pathlib import Path
 from ..vlm_common import named_replica_path
 from .adapter import hf_classes
 
-__all__ = ["REPLICAS", "REPLICA_NAMES", "replica_path"]
+__all__ = ["REPLICAS", "REPLICA_NAMES", "replica_path", "CLIP_MEAN", "CLIP_STD", "CLIP_L_336",
+           "CLIP_L_336_SHRINK", "llama_tokenizer"]
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}{% if message['role'] != 'system' %}"
@@ -44,6 +45,29 @@ CHAT_TEMPLATE = (
 
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+#: CLIP ViT-L/14 at 336 px as the LLaVA-1.5 and LLaVA-NeXT configs carry it, and both replicas' cut.
+CLIP_L_336 = {
+    "hidden_size": 1024,
+    "image_size": 336,
+    "intermediate_size": 4096,
+    "model_type": "clip_vision_model",
+    "num_attention_heads": 16,
+    "num_hidden_layers": 24,
+    "patch_size": 14,
+    "projection_dim": 768,
+    "vocab_size": 32000,
+}
+CLIP_L_336_SHRINK = {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2,
+                     "num_attention_heads": 4}
+
+
+def llama_tokenizer(model_max_length: int) -> dict:
+    """The replica tokenizer of a Llama/Mistral-vocabulary LLaVA: the SentencePiece specials at
+    their ids, <image> 32000 and <pad> 32001 appended, BOS prepended."""
+    return {"specials": {"<unk>": 0, "<s>": 1, "</s>": 2, "<image>": 32000, "<pad>": 32001},
+            "bos": "<s>", "eos": "</s>", "pad": "<pad>", "unk": "<unk>", "add_bos": True,
+            "named": {"image_token": "<image>"}, "byte_start": 3, "max_merges": 300,
+            "model_max_length": model_max_length}
 
 LLAVA_15_7B = {
     "config": {
@@ -65,17 +89,7 @@ LLAVA_15_7B = {
         "tie_word_embeddings": False,
         "torch_dtype": "float16",
         "transformers_version": "4.36.0.dev0",
-        "vision_config": {
-            "hidden_size": 1024,
-            "image_size": 336,
-            "intermediate_size": 4096,
-            "model_type": "clip_vision_model",
-            "num_attention_heads": 16,
-            "num_hidden_layers": 24,
-            "patch_size": 14,
-            "projection_dim": 768,
-            "vocab_size": 32000,
-        },
+        "vision_config": CLIP_L_336,
         "vision_feature_layer": -2,
         "vision_feature_select_strategy": "default",
         "vocab_size": 32064,
@@ -83,8 +97,7 @@ LLAVA_15_7B = {
     "shrink": {
         "text_config": {"hidden_size": 64, "intermediate_size": 172, "num_hidden_layers": 2,
                         "num_attention_heads": 4, "num_key_value_heads": 4},
-        "vision_config": {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2,
-                          "num_attention_heads": 4},
+        "vision_config": CLIP_L_336_SHRINK,
     },
     "generation_config": {"_from_model_config": True, "bos_token_id": 1, "eos_token_id": 2,
                           "pad_token_id": 32001, "transformers_version": "4.36.0.dev0"},
@@ -107,11 +120,7 @@ LLAVA_15_7B = {
                          "patch_size": 14, "processor_class": "LlavaProcessor",
                          "vision_feature_select_strategy": "default"},
     "chat_template": CHAT_TEMPLATE,
-    "tokenizer": {"specials": {"<unk>": 0, "<s>": 1, "</s>": 2, "<image>": 32000,
-                               "<pad>": 32001},
-                  "bos": "<s>", "eos": "</s>", "pad": "<pad>", "unk": "<unk>", "add_bos": True,
-                  "named": {"image_token": "<image>"}, "byte_start": 3, "max_merges": 300,
-                  "model_max_length": 4096},
+    "tokenizer": llama_tokenizer(4096),
     "std": 0.15, "seed": 0, "shard": "4MB",
 }
 

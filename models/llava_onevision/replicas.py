@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..llava.replicas import CLIP_L_336, CLIP_L_336_SHRINK, CLIP_MEAN, CLIP_STD, llama_tokenizer
 from ..vlm_common import named_replica_path
 from .adapter import hf_classes
 
@@ -67,8 +68,6 @@ NEXT_CHAT_TEMPLATE = (
     "{% endfor %}")
 
 SIGLIP_MEAN = [0.5, 0.5, 0.5]
-CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 OV_PINPOINTS = [[384 * i, 384 * j] for i in range(1, 7) for j in range(1, 7)]
 NEXT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 
@@ -181,17 +180,7 @@ NEXT_MISTRAL_7B = {
         "torch_dtype": "float16",
         "transformers_version": "4.39.0.dev0",
         "use_image_newline_parameter": True,
-        "vision_config": {
-            "hidden_size": 1024,
-            "image_size": 336,
-            "intermediate_size": 4096,
-            "model_type": "clip_vision_model",
-            "num_attention_heads": 16,
-            "num_hidden_layers": 24,
-            "patch_size": 14,
-            "projection_dim": 768,
-            "vocab_size": 32000,
-        },
+        "vision_config": CLIP_L_336,
         "vision_feature_layer": -2,
         "vision_feature_select_strategy": "default",
         "vocab_size": 32064,
@@ -199,8 +188,7 @@ NEXT_MISTRAL_7B = {
     "shrink": {
         "text_config": {"hidden_size": 128, "intermediate_size": 448, "num_hidden_layers": 2,
                         "num_attention_heads": 8, "num_key_value_heads": 2},
-        "vision_config": {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2,
-                          "num_attention_heads": 4},
+        "vision_config": CLIP_L_336_SHRINK,
     },
     "generation_config": {"_from_model_config": True, "bos_token_id": 1, "eos_token_id": 2,
                           "transformers_version": "4.39.0.dev0"},
@@ -226,11 +214,7 @@ NEXT_MISTRAL_7B = {
                          "patch_size": 14, "processor_class": "LlavaNextProcessor",
                          "vision_feature_select_strategy": "default"},
     "chat_template": NEXT_CHAT_TEMPLATE,
-    "tokenizer": {"specials": {"<unk>": 0, "<s>": 1, "</s>": 2, "<image>": 32000,
-                               "<pad>": 32001},
-                  "bos": "<s>", "eos": "</s>", "pad": "<pad>", "unk": "<unk>", "add_bos": True,
-                  "named": {"image_token": "<image>"}, "byte_start": 3, "max_merges": 300,
-                  "model_max_length": 32768},
+    "tokenizer": llama_tokenizer(32768),
     "std": 0.15, "seed": 0, "shard": "4MB",
 }
 
