@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..qwen2_vl.replicas import CHAT_TEMPLATE, SPECIALS
+from ..qwen2_vl.replicas import CHAT_TEMPLATE, qwen2_vl_preprocessor, qwen_tokenizer
 from ..vlm_common import named_replica_path
 from .adapter import hf_classes
 
@@ -91,17 +91,6 @@ _GENERATION = {"bos_token_id": 151643, "pad_token_id": 151643, "do_sample": True
                "eos_token_id": [151645, 151643], "repetition_penalty": 1.05,
                "temperature": 0.1, "top_p": 0.001, "top_k": 1,
                "transformers_version": "4.37.0"}
-_PREPROCESSOR = {"min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14,
-                 "temporal_patch_size": 2, "merge_size": 2,
-                 "image_mean": [0.48145466, 0.4578275, 0.40821073],
-                 "image_std": [0.26862954, 0.26130258, 0.27577711],
-                 "image_processor_type": "Qwen2VLImageProcessor",
-                 "processor_class": "Qwen2_5_VLProcessor"}
-_TOKENIZER = {"specials": SPECIALS, "bos": None, "eos": "<|im_end|>", "pad": "<|endoftext|>",
-              "unk": None, "add_bos": False,
-              "named": {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
-              "byte_start": 0, "max_merges": 300, "texts": ["You are a helpful assistant."],
-              "model_max_length": 131072}
 _SHRINK = {"hidden_size": 128, "intermediate_size": 688, "num_attention_heads": 8,
            "num_key_value_heads": 1, "num_hidden_layers": 2,
            "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]},
@@ -110,8 +99,8 @@ _SHRINK = {"hidden_size": 128, "intermediate_size": 688, "num_attention_heads": 
 
 REPLICAS = {"replica-qwen2.5-vl-3b-instruct": {
     "config": _3B_CONFIG, "shrink": _SHRINK, "generation_config": _GENERATION,
-    "preprocessor_config": _PREPROCESSOR, "processor_config": None,
-    "chat_template": CHAT_TEMPLATE, "tokenizer": _TOKENIZER,
+    "preprocessor_config": qwen2_vl_preprocessor("Qwen2_5_VLProcessor"),
+    "processor_config": None, "chat_template": CHAT_TEMPLATE, "tokenizer": qwen_tokenizer(131072),
     "std": 0.15, "seed": 0, "shard": "8MB"}}
 REPLICA_NAMES = tuple(REPLICAS)
 

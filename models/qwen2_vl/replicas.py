@@ -34,7 +34,8 @@ from pathlib import Path
 from ..vlm_common import deep_update, named_replica_path
 from .adapter import hf_classes
 
-__all__ = ["REPLICAS", "REPLICA_NAMES", "replica_path", "CHAT_TEMPLATE"]
+__all__ = ["REPLICAS", "REPLICA_NAMES", "replica_path", "CHAT_TEMPLATE", "SPECIALS",
+           "qwen2_vl_preprocessor", "qwen_tokenizer"]
 
 CHAT_TEMPLATE = (
     "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
@@ -109,17 +110,28 @@ _GENERATION = {"bos_token_id": 151643, "pad_token_id": 151643, "do_sample": True
                "eos_token_id": [151645, 151643], "repetition_penalty": 1.0,
                "temperature": 0.01, "top_p": 0.001, "top_k": 1,
                "transformers_version": "4.37.0"}
-_PREPROCESSOR = {"min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14,
-                 "temporal_patch_size": 2, "merge_size": 2,
-                 "image_mean": [0.48145466, 0.4578275, 0.40821073],
-                 "image_std": [0.26862954, 0.26130258, 0.27577711],
-                 "image_processor_type": "Qwen2VLImageProcessor",
-                 "processor_class": "Qwen2VLProcessor"}
-_TOKENIZER = {"specials": SPECIALS, "bos": None, "eos": "<|im_end|>", "pad": "<|endoftext|>",
-              "unk": None, "add_bos": False,
-              "named": {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
-              "byte_start": 0, "max_merges": 300, "texts": ["You are a helpful assistant."],
-              "model_max_length": 32768}
+
+
+def qwen2_vl_preprocessor(processor_class: str) -> dict:
+    """preprocessor_config.json of Qwen2-VL and Qwen2.5-VL (the older top-level min/max_pixels
+    form, patch 14, CLIP mean/std); only the processor class differs."""
+    return {"min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14,
+            "temporal_patch_size": 2, "merge_size": 2,
+            "image_mean": [0.48145466, 0.4578275, 0.40821073],
+            "image_std": [0.26862954, 0.26130258, 0.27577711],
+            "image_processor_type": "Qwen2VLImageProcessor",
+            "processor_class": processor_class}
+
+
+def qwen_tokenizer(model_max_length: int, texts=("You are a helpful assistant.",)) -> dict:
+    """The replica tokenizer of the Qwen-VL families: Qwen2's specials at their ids, no BOS,
+    eos <|im_end|>, pad <|endoftext|>; merges learned from ``texts`` too (a template's default
+    system turn)."""
+    return {"specials": SPECIALS, "bos": None, "eos": "<|im_end|>", "pad": "<|endoftext|>",
+            "unk": None, "add_bos": False,
+            "named": {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
+            "byte_start": 0, "max_merges": 300, "texts": list(texts),
+            "model_max_length": model_max_length}
 
 
 def _spec(config: dict, hidden: int, heads: int, intermediate: int) -> dict:
@@ -132,10 +144,10 @@ def _spec(config: dict, hidden: int, heads: int, intermediate: int) -> dict:
                    "vision_config": {"depth": 2, "embed_dim": 64, "num_heads": 4,
                                      "hidden_size": hidden}},
         "generation_config": _GENERATION,
-        "preprocessor_config": _PREPROCESSOR,
+        "preprocessor_config": qwen2_vl_preprocessor("Qwen2VLProcessor"),
         "processor_config": None,
         "chat_template": CHAT_TEMPLATE,
-        "tokenizer": _TOKENIZER,
+        "tokenizer": qwen_tokenizer(32768),
         "std": 0.15, "seed": 0, "shard": "8MB",
     }
 

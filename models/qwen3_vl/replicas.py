@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..qwen2_vl.replicas import SPECIALS
+from ..qwen2_vl.replicas import qwen_tokenizer
 from ..vlm_common import named_replica_path
 from .adapter import hf_classes
 
@@ -106,10 +106,6 @@ _PREPROCESSOR = {"size": {"longest_edge": 16777216, "shortest_edge": 65536}, "pa
                  "temporal_patch_size": 2, "merge_size": 2, "image_mean": [0.5, 0.5, 0.5],
                  "image_std": [0.5, 0.5, 0.5], "processor_class": "Qwen3VLProcessor",
                  "image_processor_type": "Qwen2VLImageProcessorFast"}
-_TOKENIZER = {"specials": SPECIALS, "bos": None, "eos": "<|im_end|>", "pad": "<|endoftext|>",
-              "unk": None, "add_bos": False,
-              "named": {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
-              "byte_start": 0, "max_merges": 300, "texts": [], "model_max_length": 262144}
 _SHRINK = {
     "text_config": {"hidden_size": 128, "num_attention_heads": 8, "num_key_value_heads": 2,
                     "head_dim": 16, "intermediate_size": 488, "num_hidden_layers": 4,
@@ -120,7 +116,7 @@ _SHRINK = {
 REPLICAS = {"replica-qwen3-vl-4b-instruct": {
     "config": _4B_CONFIG, "shrink": _SHRINK, "generation_config": _GENERATION,
     "preprocessor_config": _PREPROCESSOR, "processor_config": None,
-    "chat_template": CHAT_TEMPLATE, "tokenizer": _TOKENIZER,
+    "chat_template": CHAT_TEMPLATE, "tokenizer": qwen_tokenizer(262144, texts=()),
     "std": 0.15, "seed": 0, "shard": "8MB"}}
 REPLICA_NAMES = tuple(REPLICAS)
 
