@@ -48,6 +48,7 @@ def _tolerance(text: str) -> float:
 #: Request fields as the command line spells them: errors name the flag the user typed.
 _FLAGS = {"num_inference_steps": "--steps", "num_images_per_prompt": "--num-images",
           "guidance_scale": "--guidance-scale", "true_cfg_scale": "--true-cfg-scale",
+          "guidance_scale_2": "--guidance-scale-2",
           "negative_prompt": "--negative-prompt", "cfg_truncation": "--cfg-truncation",
           "cfg_normalization": "--cfg-normalization", "residual_threshold": "--residual-threshold",
           "output_format": "--format", "noise convention": "--noise", "input_image": "--image",
@@ -143,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     img.add_argument("--guidance-scale", type=float, default=None,
                      help="(default: the pipeline's: FLUX.1 3.5, its img2img 7.0, FLUX.2 4.0, "
                           "Z-Image 5.0; unused by Qwen-Image)")
+    img.add_argument("--guidance-scale-2", type=float, default=None,
+                     help="Wan 2.2: guidance of the low-noise expert (default: the pipeline's, "
+                          "--guidance-scale)")
     img.add_argument("--true-cfg-scale", type=float, default=None,
                      help="> 1 with --negative-prompt runs true classifier-free guidance "
                           "(default: the model's own, 1.0 for FLUX.1, 4.0 for Qwen-Image)")
@@ -384,7 +388,8 @@ def _image_request(args, rules, seed: int):
         cfg_normalization=args.cfg_normalization,
         residual_threshold=args.residual_threshold,
         output_format=args.format or getattr(rules, "default_output_format", "png"),
-        noise=args.noise, num_frames=args.num_frames, frame_rate=args.fps)
+        noise=args.noise, num_frames=args.num_frames, frame_rate=args.fps,
+        guidance_scale_2=args.guidance_scale_2)
 
 
 def _versions() -> dict:
@@ -416,7 +421,7 @@ def _run_image(args, resolved, outputs: _Outputs, say) -> dict:
     say(f"model {resolved.name} ({fam.FAMILY}) from {resolved.path}")
     say(f"seed {seed}" + ("" if args.seed is not None else " (picked; pass --seed to repeat)"))
     if presets:
-        say("tiny model: " + " ".join(f"--{k} {v}" for k, v in presets.items())
+        say("tiny model: " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in presets.items())
             + " filled in from its recipe (as if given; the reference gets them too)")
     mu = ctx.extra_model_args.get("mu")
     say(f"schedule: {len(ctx.timesteps)} of {ctx.num_inference_steps} steps, "

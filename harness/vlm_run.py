@@ -22,7 +22,7 @@ _DTYPES = ("float32", "bfloat16", "float16")
 # Image-only flags whose CLI default is None: setting one for a VLM is a mistake.
 _IMAGE_ONLY = ("negative_prompt", "height", "width", "steps", "guidance_scale", "strength",
                "cfg_truncation", "cfg_normalization", "residual_threshold", "format",
-               "true_cfg_scale")
+               "true_cfg_scale", "guidance_scale_2", "num_frames", "fps")
 
 
 def _opt(args, name: str, default: Any = None) -> Any:

@@ -2,7 +2,7 @@
 from _fast.tokens import EOSTracker, TokenBuffer
 
 from .outputs import GenerationOutput, ImageContent, LogProbabilities, TextGenerationOutput
-from .pixel import PixelContext
+from .pixel import PixelContext, VideoPixelContext
 from .sampling import SamplingParams
 from .status import FUTURE_TOKEN, GenerationStatus
 from .text import SpecDecodingState, TextContext
@@ -14,6 +14,7 @@ __all__ = [
     "TextAndVisionContext",
     "ImageMetadata",
     "PixelContext",
+    "VideoPixelContext",
     "GenerationStatus",
     "EOSTracker",
     "LogProbabilities",

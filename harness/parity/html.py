@@ -343,7 +343,7 @@ def image_report_html(report: dict, ours_images: np.ndarray, ref_images: np.ndar
     presets = report.get("tiny_request_defaults")
     if presets:
         body.append('<p class="note">Filled in from the tiny model\'s recipe, as if given (both '
-                    "sides got them): " + ", ".join(f"--{esc(k)} {esc(v)}"
+                    "sides got them): " + ", ".join(f"--{esc(k.replace('_', '-'))} {esc(v)}"
                                                     for k, v in presets.items()) + ".</p>")
     body.append(_kv_table(report.get("request") or {}))
     body.append(_environment(report.get("environment") or {}))
