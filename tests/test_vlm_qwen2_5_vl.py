@@ -14,7 +14,8 @@ from harness.tokenizers import TextAndVisionTokenizer
 from tests.vlm_family_checks import (SYSTEM_AND_HISTORY, TOL, assert_dropped_encoder_row_refused,
                                      assert_exact, assert_parity_grid,
                                      assert_positions_match_rope_index, assert_replica_files,
-                                     chat_context, cli_parity, req, with_rule)
+                                     assert_structured_output_parity, chat_context, cli_parity,
+                                     flat_positions_report, req, with_rule)
 from tests.vlm_fixtures import family, parity
 
 NAME = "tiny-qwen2.5-vl"
@@ -99,18 +100,9 @@ def test_full_attention_instead_of_windows_is_detected():
 
 
 def test_one_dimensional_positions_are_detected():
-    import torch
-
     from models.qwen2_5_vl import Qwen25VL
 
-    class Flat(Qwen25VL):
-        def prompt_positions(self, ctx):
-            return torch.arange(ctx.tokens.prompt_length).view(1, 1, -1).expand(4, 1, -1)
-
-        def position_state(self, prompt_positions):
-            return 0
-
-    _, _, report = parity(with_rule(Flat, NAME), req(2), 7)
+    report = flat_positions_report(Qwen25VL, NAME)
     assert report["verdict"] == "fail" and report["max_abs_logit_diff"] > 1e-2
 
 
@@ -160,12 +152,4 @@ def test_command_line_with_parity(tmp_path):
 def test_structured_output_parity_with_images_and_chunks():
     """A JSON-schema request: valid JSON, tokens identical and pre-mask logits within 1e-4
     against generate() with llguidance's logits processor, chunks of 7 through two images."""
-    from harness.structured import check_json
-    from tests.test_structured_vlm import PERSON
-
-    request = req(2, max_new_tokens=80, ignore_eos=False, json_schema=PERSON)
-    _, res, report = parity(family(NAME), request, 7)
-    assert report["verdict"] == "pass", report["verdict_note"]
-    assert report["tokens_equal"] and report["max_abs_logit_diff"] <= TOL
-    assert check_json(report["texts"]["harness"], PERSON)["valid"]
-    assert res.constraint["mask_changed_tokens"] > 0 and res.chunks_inside_image > 0
+    assert_structured_output_parity(NAME)

@@ -71,6 +71,35 @@ def restarting_positions_report(cls, name):
     return parity(with_rule(Restart, name), req(2), 7)[2]
 
 
+def flat_positions_report(cls, name):
+    """Parity report (two images, chunks of 7) of M-RoPE family class ``cls`` fed plain 1-D
+    positions on all four rows and no decode offset."""
+    import torch
+
+    class Flat(cls):
+        def prompt_positions(self, ctx):
+            return torch.arange(ctx.tokens.prompt_length).view(1, 1, -1).expand(4, 1, -1)
+
+        def position_state(self, prompt_positions):
+            return 0
+
+    return parity(with_rule(Flat, name), req(2), 7)[2]
+
+
+def assert_structured_output_parity(name):
+    """A JSON-schema request through two images in chunks of 7: valid JSON, tokens identical and
+    pre-mask logits within TOL against generate() with llguidance's logits processor."""
+    from harness.structured import check_json
+    from tests.test_structured_vlm import PERSON
+
+    request = req(2, max_new_tokens=80, ignore_eos=False, json_schema=PERSON)
+    _, res, report = parity(family(name), request, 7)
+    assert report["verdict"] == "pass", report["verdict_note"]
+    assert report["tokens_equal"] and report["max_abs_logit_diff"] <= TOL
+    assert check_json(report["texts"]["harness"], PERSON)["valid"]
+    assert res.constraint["mask_changed_tokens"] > 0 and res.chunks_inside_image > 0
+
+
 def assert_exact(report, n_images, where=None):
     """Pass verdict, ids and pixels equal the processor's, tokens identical and |Δlogit| <= TOL
     against every reference run, one encoder call per image."""
