@@ -346,15 +346,17 @@ def _modes_text(modes) -> str:
     return " ".join(on) or "default settings"
 
 
-def _with_tiny_defaults(args, resolved) -> tuple[argparse.Namespace, dict]:
+def _with_tiny_defaults(args, resolved, rules=None) -> tuple[argparse.Namespace, dict]:
     """``(args, presets)``: a tiny model's request defaults (``TINY_REQUEST_DEFAULTS``) filled in
     where the user left a flag out, as if typed (so the reference gets them too); the size only
     for text-to-image, where no input image decides it. Real folders: args unchanged, {}."""
     from models.registry import tiny_request_defaults
 
     presets = {}
+    # video pipelines (Wan I2V) keep their own default size whatever the input image is
+    size_from_image = not getattr(rules, "video", False)
     for flag, value in tiny_request_defaults(resolved).items():
-        if flag in ("height", "width") and args.image:
+        if flag in ("height", "width") and args.image and size_from_image:
             continue
         if getattr(args, flag) is None:
             presets[flag] = value
@@ -410,7 +412,7 @@ def _run_image(args, resolved, outputs: _Outputs, say) -> dict:
         raise RequestError(f"cannot use model {resolved.name!r}: {exc}") from None
     rules = tokenizer.rules
     seed = args.seed if args.seed is not None else secrets.randbelow(2 ** 31)
-    args, presets = _with_tiny_defaults(args, resolved)
+    args, presets = _with_tiny_defaults(args, resolved, rules)
     request = _image_request(args, rules, seed)
     t0 = time.perf_counter()
     ctx = tokenizer.new_context(request)
