@@ -11,12 +11,13 @@ import pytest
 
 from harness.errors import RequestError
 from harness.tokenizers import TextAndVisionTokenizer
-from tests.vlm_family_checks import (CHUNKS, TOL, assert_parity_grid,
+from tests.vlm_family_checks import (CHUNKS, TOL, assert_fails_on_logits,
+                                     assert_images_change_the_output, assert_parity_grid,
                                      assert_pixels_mismatch_detected,
                                      assert_refused_before_any_forward, assert_replica_files,
-                                     cli_parity, req, restarting_positions_report, with_rule,
-                                     with_tiles)
-from tests.vlm_fixtures import family, odd_images, parity, run, variant
+                                     cli_parity, req, restarting_positions_report, vision_batches,
+                                     with_rule, with_tiles)
+from tests.vlm_fixtures import family, parity, variant
 
 IDEFICS3, SMOLVLM = "tiny-idefics3", "tiny-smolvlm"
 
@@ -38,9 +39,7 @@ def test_folders_are_recognised_by_model_type():
 
 @pytest.mark.parametrize("name", (IDEFICS3, SMOLVLM))
 def test_images_change_the_output(name):
-    _, a = run(name, req(odd_images(1, seed=0), max_new_tokens=1))
-    _, b = run(name, req(odd_images(1, seed=1), max_new_tokens=1))
-    assert float((a.logits[0] - b.logits[0]).abs().max()) > 0.05
+    assert_images_change_the_output(name)
 
 
 # -- the processor's layout -----------------------------------------------------------------------
@@ -90,17 +89,7 @@ def test_parity_from_the_raw_request(name, n_images, chunks):
 
 
 def test_one_vision_call_per_image_over_all_its_tiles():
-    fam = family(IDEFICS3)
-    tower = fam.model.model.vision_model
-    batches = []
-    forward = tower.forward
-    tower.forward = lambda *a, **k: (batches.append(k["pixel_values"].shape[0])
-                                     or forward(*a, **k))
-    try:
-        ctx, _ = run(IDEFICS3, req(2), 5)
-    finally:
-        del tower.forward
-    assert batches == [13, 13]
+    assert vision_batches(IDEFICS3, "vision_model", 5)[0] == [13, 13]
 
 
 # -- negative controls ----------------------------------------------------------------------------
@@ -108,7 +97,7 @@ def test_positions_restarting_per_chunk_are_detected():
     from models.idefics3 import Idefics3
 
     report = restarting_positions_report(Idefics3, IDEFICS3)
-    assert report["verdict"] == "fail" and report["max_abs_logit_diff"] > 1e-2
+    assert_fails_on_logits(report)
 
 
 def test_a_dropped_tile_is_refused_before_any_forward():

@@ -12,11 +12,12 @@ import pytest
 
 from harness.errors import RequestError
 from harness.tokenizers import TextAndVisionTokenizer
-from tests.vlm_family_checks import (TOL, assert_parity_grid, assert_pixels_mismatch_detected,
+from tests.vlm_family_checks import (TOL, assert_fails_on_logits, assert_images_change_the_output,
+                                     assert_parity_grid, assert_pixels_mismatch_detected,
                                      assert_refused_before_any_forward, assert_replica_files,
-                                     cli_parity, req, restarting_positions_report, with_rule,
-                                     with_tiles)
-from tests.vlm_fixtures import family, odd_images, parity, run, variant
+                                     cli_parity, req, restarting_positions_report, vision_batches,
+                                     with_rule, with_tiles)
+from tests.vlm_fixtures import family, parity, variant
 
 NAME = "tiny-internvl"
 
@@ -37,9 +38,7 @@ def test_folders_are_recognised_by_model_type(tmp_path):
 
 
 def test_images_change_the_output():
-    _, a = run(NAME, req(odd_images(1, seed=0), max_new_tokens=1))
-    _, b = run(NAME, req(odd_images(1, seed=1), max_new_tokens=1))
-    assert float((a.logits[0] - b.logits[0]).abs().max()) > 0.05
+    assert_images_change_the_output(NAME)
 
 
 def test_tiles_follow_the_aspect_ratio_and_the_processor():
@@ -66,17 +65,7 @@ def test_parity_from_the_raw_request(n_images):
 
 
 def test_one_vision_call_per_image_over_all_its_tiles():
-    fam = family(NAME)
-    tower = fam.model.model.vision_tower
-    batches = []
-    forward = tower.forward
-    tower.forward = lambda *a, **k: (batches.append(k["pixel_values"].shape[0])
-                                     or forward(*a, **k))
-    try:
-        run(NAME, req(2), 3)
-    finally:
-        del tower.forward
-    assert batches == [7, 13]
+    assert vision_batches(NAME, "vision_tower", 3)[0] == [7, 13]
 
 
 # -- negative controls ----------------------------------------------------------------------------
@@ -84,7 +73,7 @@ def test_positions_restarting_per_chunk_are_detected():
     from models.internvl import InternVL
 
     report = restarting_positions_report(InternVL, NAME)
-    assert report["verdict"] == "fail" and report["max_abs_logit_diff"] > 1e-2
+    assert_fails_on_logits(report)
 
 
 def test_a_dropped_tile_is_refused_before_any_forward():

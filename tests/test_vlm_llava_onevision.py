@@ -12,11 +12,12 @@ import pytest
 
 from harness.errors import RequestError
 from harness.tokenizers import TextAndVisionTokenizer
-from tests.vlm_family_checks import (TOL, assert_parity_grid, assert_pixels_mismatch_detected,
+from tests.vlm_family_checks import (TOL, assert_fails_on_logits, assert_images_change_the_output,
+                                     assert_parity_grid, assert_pixels_mismatch_detected,
                                      assert_refused_before_any_forward, assert_replica_files,
-                                     chat_context, cli_parity, req,
-                                     restarting_positions_report, with_rule, with_tiles)
-from tests.vlm_fixtures import family, odd_images, parity, run, variant
+                                     chat_context, cli_parity, req, restarting_positions_report,
+                                     vision_batches, with_rule, with_tiles)
+from tests.vlm_fixtures import family, parity, variant
 
 OV, NEXT = "tiny-llava-onevision", "tiny-llava-next"
 
@@ -43,9 +44,7 @@ def test_folders_are_recognised_by_model_type(tmp_path):
 @pytest.mark.parametrize("name", (OV, NEXT))
 def test_images_change_the_output(name):
     """Re-drawn weights: other pixels move the logits by far more than the parity bound."""
-    _, a = run(name, req(odd_images(1, seed=0), max_new_tokens=1))
-    _, b = run(name, req(odd_images(1, seed=1), max_new_tokens=1))
-    assert float((a.logits[0] - b.logits[0]).abs().max()) > 0.05
+    assert_images_change_the_output(name)
 
 
 # -- the processor's layout -----------------------------------------------------------------------
@@ -93,16 +92,7 @@ def test_parity_from_the_raw_request(name, n_images):
 
 def test_one_vision_call_per_image_over_all_its_tiles():
     """The encoder cache: the vision tower runs once per image, on that image's tiles."""
-    fam = family(NEXT)
-    tower = fam.model.model.vision_tower
-    batches = []
-    forward = tower.forward
-    tower.forward = lambda pixel_values, *a, **k: (batches.append(pixel_values.shape[0])
-                                                   or forward(pixel_values, *a, **k))
-    try:
-        ctx, _ = run(NEXT, req(2), 3)
-    finally:
-        del tower.forward
+    batches, ctx = vision_batches(NEXT, "vision_tower", 3)
     assert batches == [im.pixel_values.shape[0] for im in ctx.images] == [3, 5]
 
 
@@ -112,8 +102,7 @@ def test_positions_restarting_per_chunk_are_detected():
     from models.llava_onevision import AnyRes
 
     report = restarting_positions_report(AnyRes, OV)
-    assert report["verdict"] == "fail"
-    assert report["max_abs_logit_diff"] > 1e-2
+    assert_fails_on_logits(report)
 
 
 def test_a_dropped_tile_is_refused_before_any_forward():

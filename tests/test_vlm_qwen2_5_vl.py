@@ -12,7 +12,7 @@ import pytest
 
 from harness.tokenizers import TextAndVisionTokenizer
 from tests.vlm_family_checks import (SYSTEM_AND_HISTORY, TOL, assert_dropped_encoder_row_refused,
-                                     assert_exact, assert_parity_grid,
+                                     assert_exact, assert_fails_on_logits, assert_parity_grid,
                                      assert_positions_match_rope_index, assert_replica_files,
                                      assert_structured_output_parity, chat_context, cli_parity,
                                      flat_positions_report, req, with_rule)
@@ -96,14 +96,14 @@ def test_full_attention_instead_of_windows_is_detected():
 
     _, _, report = parity(with_rule(NoWindows, NAME), req(2), 7)
     assert report["input_comparison"]["equal"]
-    assert report["verdict"] == "fail" and report["max_abs_logit_diff"] > 1e-2
+    assert_fails_on_logits(report)
 
 
 def test_one_dimensional_positions_are_detected():
     from models.qwen2_5_vl import Qwen25VL
 
     report = flat_positions_report(Qwen25VL, NAME)
-    assert report["verdict"] == "fail" and report["max_abs_logit_diff"] > 1e-2
+    assert_fails_on_logits(report)
 
 
 def test_a_dropped_encoder_row_is_refused_before_the_language_model():

@@ -100,6 +100,42 @@ def assert_structured_output_parity(name):
     assert res.constraint["mask_changed_tokens"] > 0 and res.chunks_inside_image > 0
 
 
+def assert_fails_on_logits(report):
+    """A negative control detected: the verdict fails and the logits moved past 1e-2."""
+    assert report["verdict"] == "fail" and report["max_abs_logit_diff"] > 1e-2
+
+
+def assert_images_change_the_output(name):
+    """Re-drawn weights: another odd image moves tiny model ``name``'s first logits by more than
+    0.05, far past the parity bound."""
+    from tests.vlm_fixtures import run
+
+    _, a = run(name, req(odd_images(1, seed=0), max_new_tokens=1))
+    _, b = run(name, req(odd_images(1, seed=1), max_new_tokens=1))
+    assert float((a.logits[0] - b.logits[0]).abs().max()) > 0.05
+
+
+def vision_batches(name, tower: str, chunk_size):
+    """The number of tiles each call of tiny model ``name``'s vision tower (``model.model.<tower>``)
+    gets while two odd images run in chunks of ``chunk_size``, and the run's context."""
+    from tests.vlm_fixtures import run
+
+    module = getattr(family(name).model.model, tower)
+    batches = []
+    forward = module.forward
+
+    def counting(*a, **k):
+        batches.append((k["pixel_values"] if "pixel_values" in k else a[0]).shape[0])
+        return forward(*a, **k)
+
+    module.forward = counting
+    try:
+        ctx, _ = run(name, req(2), chunk_size)
+    finally:
+        del module.forward
+    return batches, ctx
+
+
 def assert_exact(report, n_images, where=None):
     """Pass verdict, ids and pixels equal the processor's, tokens identical and |Δlogit| <= TOL
     against every reference run, one encoder call per image."""
