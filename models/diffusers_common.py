@@ -16,7 +16,8 @@ from harness.env import prefer_pil_image_processors, torch_dtype
 __all__ = ["read_json", "class_name", "versions", "sha256", "corpus_sha256",
            "chat_tokenizers_sha256", "check_tiny_name", "offline_env",
            "load_pretrained", "redraw", "special_token", "read_chat_template",
-           "assemble_pipeline", "TINY_FLUX_VAE", "save_config_model", "write_model_index"]
+           "assemble_pipeline", "TINY_FLUX_VAE", "save_config_model", "write_model_index",
+           "negative_and_image_fields"]
 
 
 def offline_env() -> None:
@@ -151,6 +152,24 @@ TINY_FLUX_VAE = {
     "latent_channels": 16, "scaling_factor": 0.3611, "shift_factor": 0.1159,
     "use_quant_conv": False, "use_post_quant_conv": False, "sample_size": 256,
 }
+
+
+def negative_and_image_fields(negative, image, height: int, width: int, extra: dict) -> dict:
+    """Context fields of an optional negative prompt (``(tokens, mask)``) and an optional input
+    image (its pixels at ``height`` x ``width``; the NHWC copy goes to ``extra["image_nhwc"]``),
+    as the Z-Image and Wan contexts both fill them."""
+    from _fast.tokens import TokenBuffer
+    from harness.images import preprocess_image
+
+    fields: dict = {}
+    if negative is not None:
+        fields["negative_tokens"] = TokenBuffer(negative[0])
+        fields["negative_mask"] = negative[1]
+    if image is not None:
+        pixels, image_nhwc = preprocess_image(image, height, width)
+        fields["input_image"] = pixels
+        extra["image_nhwc"] = image_nhwc
+    return fields
 
 
 def save_config_model(model_cls, config: dict, out: Path):

@@ -13,8 +13,9 @@ from _fast.tokens import TokenBuffer
 from harness.context.pixel import VideoPixelContext
 from harness.context.text import new_request_id
 from harness.errors import RequestError
-from harness.images import load_input_image, preprocess_image
+from harness.images import load_input_image
 
+from ..diffusers_common import negative_and_image_fields
 from .rules import WanRules
 
 __all__ = ["TOKENIZER_FAULTS", "build_context"]
@@ -82,17 +83,10 @@ def build_context(rules: WanRules, tokenizer, request, opt: dict,
         g2 = opt["guidance"]  # the pipelines' rule
     extra: dict[str, Any] = {"seed": seed, "mu": None, "t_start": 0,
                              "transformer_2": rules.two_experts}
-    ctx_kw: dict[str, Any] = {}
-    if negative is not None:
-        ctx_kw["negative_tokens"] = TokenBuffer(negative[0])
-        ctx_kw["negative_mask"] = negative[1]
-    if image is not None:
-        pixels, image_nhwc = preprocess_image(image, height, width)
-        ctx_kw["input_image"] = pixels
-        extra["image_nhwc"] = image_nhwc
-        if rules.has_image_encoder:
-            processed = rules.image_processor()(images=image, return_tensors="np")
-            extra["clip_pixel_values"] = np.asarray(processed["pixel_values"], dtype=np.float32)
+    ctx_kw = negative_and_image_fields(negative, image, height, width, extra)
+    if image is not None and rules.has_image_encoder:
+        processed = rules.image_processor()(images=image, return_tensors="np")
+        extra["clip_pixel_values"] = np.asarray(processed["pixel_values"], dtype=np.float32)
     return VideoPixelContext(
         tokens=TokenBuffer(tokens), mask=mask,
         request_id=request.request_id or new_request_id(),

@@ -10,8 +10,9 @@ from _fast.tokens import TokenBuffer
 from harness.context import PixelContext
 from harness.context.text import new_request_id
 from harness.errors import RequestError
-from harness.images import check_size, load_input_image, preprocess_image
+from harness.images import check_size, load_input_image
 
+from ..diffusers_common import negative_and_image_fields
 from .rules import ZImageRules
 
 __all__ = ["TOKENIZER_FAULTS", "build_context"]
@@ -91,14 +92,8 @@ def build_context(rules: ZImageRules, tokenizer, request, opt: dict,
                                   [d for _, d in draws])
 
     extra: dict[str, Any] = {"seed": seed, "mu": mu, "t_start": t_start}
-    ctx_kw: dict[str, Any] = {}
-    if negative is not None:
-        ctx_kw["negative_tokens"] = TokenBuffer(negative[0])
-        ctx_kw["negative_mask"] = negative[1]
+    ctx_kw = negative_and_image_fields(negative, image, height, width, extra)
     if image is not None:
-        pixels, image_nhwc = preprocess_image(image, height, width)
-        ctx_kw["input_image"] = pixels
-        extra["image_nhwc"] = image_nhwc
         extra["vae_sample_noise"] = noises[0]
     return PixelContext(
         tokens=TokenBuffer(tokens), mask=mask,
