@@ -7,14 +7,15 @@ from pathlib import Path
 from ..vlm_common import build_byte_tokenizer, save_all, tiny_build, tiny_model
 from .adapter import FAMILY, hf_classes
 
-__all__ = ["TINY_NAMES", "RECIPE", "tiny_path", "build_qwen_vl"]
+__all__ = ["TINY_NAMES", "RECIPE", "tiny_path", "build_qwen_vl", "SPECIALS"]
 
 TINY_NAMES = ("tiny-qwen2-vl",)
 
-_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-             "<|image_pad|>", "<|video_pad|>"]
+#: The Qwen-VL specials the tiny byte tokenizers put first (Qwen2.5-VL and Qwen3-VL use them too).
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+            "<|image_pad|>", "<|video_pad|>"]
 RECIPE = {
-    "family": FAMILY, "version": 1, "specials": _SPECIALS, "std": 0.15, "seed": 0,
+    "family": FAMILY, "version": 1, "specials": SPECIALS, "std": 0.15, "seed": 0,
     "vision": {"depth": 2, "embed_dim": 32, "hidden_size": 64, "num_heads": 4, "mlp_ratio": 2,
                "patch_size": 4, "spatial_merge_size": 2, "temporal_patch_size": 2},
     "text": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,

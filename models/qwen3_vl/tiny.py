@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..qwen2_vl.tiny import build_qwen_vl
+from ..qwen2_vl.tiny import SPECIALS, build_qwen_vl
 from ..vlm_common import tiny_build
 from .adapter import FAMILY, hf_classes
 
@@ -14,12 +14,10 @@ __all__ = ["TINY_NAMES", "RECIPE", "tiny_path"]
 
 TINY_NAMES = ("tiny-qwen3-vl",)
 
-_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-             "<|image_pad|>", "<|video_pad|>"]
 RECIPE = {
     # std 0.3: at 0.15 (the other tiny VLMs) greedy decoding of this q/k-normed text model
     # repeats one token whatever the images; at 0.3 the tokens follow the images
-    "family": FAMILY, "version": 1, "specials": _SPECIALS, "std": 0.3, "seed": 0,
+    "family": FAMILY, "version": 1, "specials": SPECIALS, "std": 0.3, "seed": 0,
     "vision": {"depth": 3, "hidden_size": 32, "intermediate_size": 64, "num_heads": 4,
                "out_hidden_size": 64, "patch_size": 4, "spatial_merge_size": 2,
                "temporal_patch_size": 2, "num_position_embeddings": 64,
