@@ -13,9 +13,10 @@ import pytest
 from harness.tokenizers import TextAndVisionTokenizer
 from tests.vlm_family_checks import (SYSTEM_AND_HISTORY, TOL, assert_dropped_encoder_row_refused,
                                      assert_exact, assert_fails_on_logits, assert_parity_grid,
-                                     assert_positions_match_rope_index, assert_replica_files,
-                                     assert_structured_output_parity, chat_context, cli_parity,
-                                     flat_positions_report, req, with_rule)
+                                     assert_positions_match_rope_index, assert_recognised,
+                                     assert_replica_files, assert_structured_output_parity,
+                                     chat_context, cli_parity, flat_positions_report, req,
+                                     with_rule)
 from tests.vlm_fixtures import family, parity
 
 NAME = "tiny-qwen2.5-vl"
@@ -25,13 +26,8 @@ REPLICA = "replica-qwen2.5-vl-3b-instruct"
 # -- recognition and the replica of the real checkpoint -------------------------------------------
 def test_real_folder_layout_is_recognised_as_qwen2_5_vl():
     from models import qwen2_vl
-    from models.registry import resolve
 
-    resolved = resolve(REPLICA)
-    assert resolved.family.FAMILY == "qwen2_5_vl"
-    assert resolve(str(resolved.path)).family.FAMILY == "qwen2_5_vl"  # as a plain folder
-    assert not qwen2_vl.matches(resolved.path)
-    assert resolve(NAME).family.FAMILY == "qwen2_5_vl"
+    assert_recognised("qwen2_5_vl", (REPLICA, NAME), (qwen2_vl,))
 
 
 def test_replica_is_the_real_layout():

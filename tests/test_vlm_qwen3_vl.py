@@ -14,9 +14,10 @@ from harness.pipelines.vlm_family import VLMFamily
 from harness.tokenizers import TextAndVisionTokenizer
 from tests.vlm_family_checks import (SYSTEM_AND_HISTORY, TOL, assert_dropped_encoder_row_refused,
                                      assert_exact, assert_fails_on_logits, assert_parity_grid,
-                                     assert_positions_match_rope_index, assert_replica_files,
-                                     assert_structured_output_parity, chat_context, cli_parity,
-                                     flat_positions_report, req, with_rule)
+                                     assert_positions_match_rope_index, assert_recognised,
+                                     assert_replica_files, assert_structured_output_parity,
+                                     chat_context, cli_parity, flat_positions_report, req,
+                                     with_rule)
 from tests.vlm_fixtures import family, parity
 
 NAME = "tiny-qwen3-vl"
@@ -26,13 +27,8 @@ REPLICA = "replica-qwen3-vl-4b-instruct"
 # -- recognition and the replica of the real checkpoint -------------------------------------------
 def test_real_folder_layout_is_recognised_as_qwen3_vl():
     from models import qwen2_5_vl, qwen2_vl
-    from models.registry import resolve
 
-    resolved = resolve(REPLICA)
-    assert resolved.family.FAMILY == "qwen3_vl"
-    assert resolve(str(resolved.path)).family.FAMILY == "qwen3_vl"  # as a plain folder
-    assert not qwen2_vl.matches(resolved.path) and not qwen2_5_vl.matches(resolved.path)
-    assert resolve(NAME).family.FAMILY == "qwen3_vl"
+    assert_recognised("qwen3_vl", (REPLICA, NAME), (qwen2_5_vl, qwen2_vl))
 
 
 def test_replica_is_the_real_layout():

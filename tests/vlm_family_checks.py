@@ -136,6 +136,18 @@ def vision_batches(name, tower: str, chunk_size):
     return batches, ctx
 
 
+def assert_recognised(family_name, names, others=()):
+    """Each of ``names`` (tiny or replica), and its folder passed as a plain path, resolves to
+    ``family_name``; none of the ``others`` family modules claims the folder."""
+    from models.registry import resolve
+
+    for name in names:
+        resolved = resolve(name)
+        assert resolved.family.FAMILY == family_name
+        assert resolve(str(resolved.path)).family.FAMILY == family_name  # as a plain folder
+        assert not any(other.matches(resolved.path) for other in others)
+
+
 def assert_exact(report, n_images, where=None):
     """Pass verdict, ids and pixels equal the processor's, tokens identical and |Δlogit| <= TOL
     against every reference run, one encoder call per image."""
