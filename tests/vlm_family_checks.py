@@ -15,7 +15,7 @@ import pytest
 
 from harness.errors import RequestError
 from harness.tokenizers import TextAndVisionTokenizer, TextGenerationRequest
-from tests.vlm_fixtures import family, odd_images, parity
+from tests.vlm_fixtures import family, odd_images, parity, run
 
 ROOT = Path(__file__).resolve().parents[1]
 CHUNKS = (1, 3, 7, 13, None)
@@ -108,8 +108,6 @@ def assert_fails_on_logits(report):
 def assert_images_change_the_output(name):
     """Re-drawn weights: another odd image moves tiny model ``name``'s first logits by more than
     0.05, far past the parity bound."""
-    from tests.vlm_fixtures import run
-
     _, a = run(name, req(odd_images(1, seed=0), max_new_tokens=1))
     _, b = run(name, req(odd_images(1, seed=1), max_new_tokens=1))
     assert float((a.logits[0] - b.logits[0]).abs().max()) > 0.05
@@ -118,8 +116,6 @@ def assert_images_change_the_output(name):
 def vision_batches(name, tower: str, chunk_size):
     """The number of tiles each call of tiny model ``name``'s vision tower (``model.model.<tower>``)
     gets while two odd images run in chunks of ``chunk_size``, and the run's context."""
-    from tests.vlm_fixtures import run
-
     module = getattr(family(name).model.model, tower)
     batches = []
     forward = module.forward
