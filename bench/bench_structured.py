@@ -26,13 +26,9 @@ import pytest
 from _common import info
 
 VOCABS = (32000, 152064, 262208)
-
-
-def _suite_size_only(benchmark, vocab: int) -> None:
-    """With benchmarks disabled (the test suite) only the 32k case runs: building the larger
-    synthetic tokenizers costs seconds and checks nothing new."""
-    if benchmark.disabled and vocab != VOCABS[0]:
-        pytest.skip("benchmarks disabled: the suite checks the 32k vocabulary only")
+#: With benchmarks disabled (the test suite) only the 32k case runs: building the larger
+#: synthetic tokenizers costs seconds and checks nothing new (bench/conftest.py deselects them).
+VOCAB_PARAMS = [VOCABS[0]] + [pytest.param(v, marks=pytest.mark.timing_only) for v in VOCABS[1:]]
 SCHEMA = {"type": "object", "properties": {
     "name": {"type": "string"}, "age": {"type": "integer"},
     "tags": {"type": "array", "items": {"enum": ["red", "green", "blue"]}}},
@@ -139,10 +135,9 @@ def _llguidance_torch_step(vocab: int, compiled: bool):
     return step, logits_t
 
 
-@pytest.mark.parametrize("vocab", VOCABS)
+@pytest.mark.parametrize("vocab", VOCAB_PARAMS)
 def test_fill_and_apply_per_token(benchmark, vocab):
     """One decode token's mask: llguidance fill + ``_fast.token_bitmask`` apply."""
-    _suite_size_only(benchmark, vocab)
     benchmark.group = f"structured mask fill+apply per token, vocab {vocab}"
     info(benchmark, "harness: LLGuidanceMatcher.fill_bitmask + _fast.token_bitmask",
          vocab=vocab, states=len(PREFIXES))
@@ -152,13 +147,12 @@ def test_fill_and_apply_per_token(benchmark, vocab):
     assert np.isneginf(logits).any()  # the masks were applied
 
 
-@pytest.mark.parametrize("vocab", VOCABS)
+@pytest.mark.parametrize("vocab", VOCAB_PARAMS)
 def test_llguidance_torch_fill_and_apply_per_token(benchmark, vocab):
     """The same with llguidance's own torch functions; in the suite (benchmarks disabled) one
     eager call each, checked against the harness's masked logits state by state."""
     import torch
 
-    _suite_size_only(benchmark, vocab)
     benchmark.group = f"structured mask fill+apply per token, vocab {vocab}"
     info(benchmark, "llguidance.torch fill_next_token_bitmask + apply_token_bitmask_inplace "
          "(torch.compile)", vocab=vocab, states=len(PREFIXES))
@@ -187,11 +181,10 @@ def test_llguidance_torch_fill_and_apply_per_token(benchmark, vocab):
     benchmark(step)
 
 
+@pytest.mark.timing_only  # the kernel's tests are tests/test_fast_bitmask.py
 @pytest.mark.parametrize("vocab", (152064,))
 def test_apply_only(benchmark, vocab):
     """The apply alone at 152k on the five states' masks (fill excluded)."""
-    if benchmark.disabled:
-        pytest.skip("benchmarks disabled: the kernel's tests are tests/test_fast_bitmask.py")
     from _fast.token_bitmask import apply_token_bitmask, bitmask_words
 
     benchmark.group = f"structured mask apply only, vocab {vocab}"
