@@ -519,14 +519,10 @@ def _run_image(args, resolved, outputs: _Outputs, say) -> dict:
 
 
 def _memory_line(memory: dict) -> str:
-    """One console line: the peak of the run and of each phase (CUDA allocated on a GPU, else
-    host RSS)."""
-    key = "cuda_max_allocated_mib" if "cuda_max_allocated_mib" in memory else "peak_rss_mib"
-    what = "CUDA allocated" if key.startswith("cuda") else "host RSS"
-    phases = {"load": memory.get("load") or {}, **(memory.get("phases") or {})}
-    parts = ", ".join(f"{k} {v[key]:.0f}" for k, v in phases.items() if v.get(key) is not None)
-    top = max([v[key] for v in phases.values() if v.get(key) is not None] or [0])
-    return f"memory: peak {what} {top:.0f} MiB ({parts})"
+    """One console line: the peak of the run and of each phase, the load included."""
+    from harness.memory import memory_line
+
+    return memory_line({"load": memory.get("load") or {}, **(memory.get("phases") or {})})
 
 
 def _request_options(request) -> dict:

@@ -12,7 +12,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["MemoryMeter", "host_rss_mib"]
+__all__ = ["MemoryMeter", "host_rss_mib", "memory_line"]
 
 _MIB = 1024 * 1024
 
@@ -92,10 +92,15 @@ class MemoryMeter:
 
     def line(self) -> str:
         """One console line: the peak, then each phase."""
-        s = self.summary()
-        key = "cuda_max_allocated_mib" if self.cuda else "peak_rss_mib"
-        what = "CUDA allocated" if self.cuda else "host RSS"
-        parts = ", ".join(f"{name} {p[key]:.0f}" for name, p in self.phases.items()
-                          if p.get(key) is not None)
-        top = s[key] if self.cuda else s["peak_rss_mib"]
-        return f"memory: peak {what} {top:.0f} MiB ({parts})"
+        return memory_line(self.phases)
+
+
+def memory_line(phases: dict[str, dict]) -> str:
+    """``memory: peak <CUDA allocated | host RSS> N MiB (phase N, ...)`` over ``phases``
+    (``MemoryMeter.phases`` entries; CUDA figures when the phases have them)."""
+    cuda = any("cuda_max_allocated_mib" in p for p in phases.values())
+    key = "cuda_max_allocated_mib" if cuda else "peak_rss_mib"
+    shown = {name: p[key] for name, p in phases.items() if p.get(key) is not None}
+    parts = ", ".join(f"{name} {v:.0f}" for name, v in shown.items())
+    top = max(shown.values(), default=0)
+    return f"memory: peak {'CUDA allocated' if cuda else 'host RSS'} {top:.0f} MiB ({parts})"

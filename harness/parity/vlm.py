@@ -22,7 +22,6 @@ import copy
 import json
 import os
 import platform
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -667,26 +666,15 @@ def _markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write_report(report: dict, output_dir: Path) -> tuple[Path, Path]:
     """Write parity.json, parity.md and the self-contained report.html atomically (temp file +
     rename); returns the first two."""
     from .html import vlm_report_html
+    from .report import atomic_write_text
 
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     js, md = output_dir / "parity.json", output_dir / "parity.md"
-    _atomic_write(js, json.dumps(report, indent=1, default=str) + "\n")
-    _atomic_write(md, _markdown(report))
-    _atomic_write(output_dir / "report.html", vlm_report_html(report))
+    atomic_write_text(js, json.dumps(report, indent=1, default=str) + "\n")
+    atomic_write_text(md, _markdown(report))
+    atomic_write_text(output_dir / "report.html", vlm_report_html(report))
     return js, md
